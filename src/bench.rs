@@ -1,0 +1,350 @@
+//! Benchmarks behind `edgeseg bench`: they print rates and ratios measured in one run, because
+//! this kind of machine is too noisy for absolute numbers or timed assertions.
+//!
+//! * `pipeline`: the whole local pipeline (decode, preprocess, infer, postprocess, outputs)
+//!   against the bare model looping over the same preprocessed frames. The ratio shows how well
+//!   the stages overlap with inference (target ≥ 0.95).
+//! * `transport`: the same encoded frames over QUIC (mutual TLS, one stream per frame) and over a
+//!   plain TCP length-prefixed baseline on loopback: round-trip p50/p99 and throughput.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::config::{EdgeConfig, Routing};
+use crate::infer::Model;
+use crate::ingest::PipelineSpec;
+use crate::metrics::LatencyStats;
+use crate::remote::proto::{self, ImageEncoding, Limits, MaskResult, Request, Response, ResponseBody};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Pipeline(#[from] crate::pipeline::PipelineError),
+    #[error(transparent)]
+    Ingest(#[from] crate::ingest::IngestError),
+    #[error(transparent)]
+    Infer(#[from] crate::infer::InferError),
+    #[error(transparent)]
+    Tls(#[from] crate::remote::tls::TlsError),
+    #[error("benchmark set-up failed: {0}")]
+    Setup(String),
+    #[error("transport error during the benchmark: {0}")]
+    Transport(String),
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+const ROUNDS: usize = 3;
+
+/// Replays the configured video through the local pipeline and through the bare model,
+/// alternating for [`ROUNDS`] rounds, and prints the medians and their ratio.
+pub fn pipeline(config: &EdgeConfig) -> Result<(), BenchError> {
+    let mut config = config.clone();
+    config.remote.routing = Routing::Local;
+    let spec = PipelineSpec::from_file(&config.ingest.pipeline, &config.ingest.params)?;
+    let frames = crate::pipeline::collect_frames(spec, usize::MAX)?;
+    if frames.is_empty() {
+        return Err(BenchError::Setup("the video has no frames".into()));
+    }
+    let mut model = Model::load(&config.model)?;
+    let tensors = frames
+        .iter()
+        .map(|f| {
+            let mut t = vec![0f32; model.input_len()];
+            crate::infer::preprocess(&f.bgr, f.width, f.height, &model.manifest, &mut t).map(|()| t)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    for t in tensors.iter().take(3) {
+        model.run(t, 1)?;
+    }
+    println!(
+        "bench pipeline: {} frames of {}x{}, model {} ({} intra-op threads)",
+        frames.len(),
+        frames[0].width,
+        frames[0].height,
+        model.manifest.name,
+        config.model.intra_threads
+    );
+    let (mut bare_rates, mut pipeline_rates) = (Vec::new(), Vec::new());
+    for round in 1..=ROUNDS {
+        let started = Instant::now();
+        for t in &tensors {
+            model.run(t, 1)?;
+        }
+        let bare = tensors.len() as f64 / started.elapsed().as_secs_f64();
+        let outcome = crate::pipeline::run(&config, Arc::new(AtomicBool::new(false)))?;
+        if let Some(e) = outcome.error {
+            return Err(e.into());
+        }
+        let piped = outcome.summary.fps;
+        println!("  round {round}: bare model {bare:7.2} frames/s, pipeline {piped:7.2} frames/s, ratio {:.3}", piped / bare);
+        bare_rates.push(bare);
+        pipeline_rates.push(piped);
+    }
+    let (bare, piped) = (median(bare_rates), median(pipeline_rates));
+    println!("  median: bare model {bare:.2} frames/s, pipeline {piped:.2} frames/s");
+    println!("  ratio pipeline/bare = {:.3} (target >= 0.95)", piped / bare);
+    Ok(())
+}
+
+/// A synthetic frame with structure and noise, so JPEG sizes resemble camera frames.
+fn synthetic_frame(width: u32, height: u32) -> Vec<u8> {
+    let mut state = 0x2545_f491_u32;
+    let mut bgr = Vec::with_capacity((width * height * 3) as usize);
+    for y in 0..height {
+        for x in 0..width {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            let noise = (state & 0x1f) as u8;
+            bgr.extend_from_slice(&[(x * 255 / width) as u8 ^ noise, (y * 255 / height) as u8, ((x + y) % 256) as u8 ^ noise]);
+        }
+    }
+    bgr
+}
+
+/// What the benchmark servers answer: a real (uniform) class map of the frame's size, so the
+/// reply is encoded, sent and decoded exactly like a worker's.
+fn echo_response(body: &[u8], limits: &Limits) -> Result<Vec<u8>, String> {
+    let req = proto::decode_request(body, limits).map_err(|e| e.to_string())?;
+    let mask = MaskResult {
+        width: req.width,
+        height: req.height,
+        class_map: vec![15; (req.width * req.height) as usize],
+        queue_us: 0,
+        inference_us: 0,
+        batch_size: 1,
+    };
+    let mut out = Vec::new();
+    proto::encode_response(&Response { frame_id: req.frame_id, body: ResponseBody::Mask(mask) }, &mut out).map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+fn check_reply(reply: &[u8], limits: &Limits) -> Result<(), String> {
+    let body = reply.get(proto::LENGTH_PREFIX_BYTES..).ok_or("short reply")?;
+    proto::decode_response(body, limits).map(|_| ()).map_err(|e| e.to_string())
+}
+
+struct TransportResult {
+    rtt: LatencyStats,
+    frames_per_s: f64,
+}
+
+trait Transport: Send + Sync + 'static {
+    fn round_trip(&self, request: Arc<Vec<u8>>) -> impl std::future::Future<Output = Result<(), String>> + Send;
+}
+
+struct Quic {
+    connection: quinn::Connection,
+}
+
+impl Transport for Quic {
+    async fn round_trip(&self, request: Arc<Vec<u8>>) -> Result<(), String> {
+        let (mut send, mut recv) = self.connection.open_bi().await.map_err(|e| e.to_string())?;
+        send.write_all(&request).await.map_err(|e| e.to_string())?;
+        send.finish().map_err(|e| e.to_string())?;
+        let reply = recv.read_to_end(64 << 20).await.map_err(|e| e.to_string())?;
+        check_reply(&reply, &Limits::default())
+    }
+}
+
+/// The TCP baseline: one connection per concurrent requester (TCP has no streams), requests
+/// and replies length-prefixed back to back.
+struct Tcp {
+    connections: Vec<tokio::sync::Mutex<tokio::net::TcpStream>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Transport for Tcp {
+    async fn round_trip(&self, request: Arc<Vec<u8>>) -> Result<(), String> {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.connections.len();
+        let mut stream = self.connections[i].lock().await;
+        stream.write_all(&request).await.map_err(|e| e.to_string())?;
+        let mut prefix = [0u8; 4];
+        stream.read_exact(&mut prefix).await.map_err(|e| e.to_string())?;
+        let len = proto::body_length(prefix, &Limits::default()).map_err(|e| e.to_string())?;
+        let mut reply = prefix.to_vec();
+        reply.resize(4 + len, 0);
+        stream.read_exact(&mut reply[4..]).await.map_err(|e| e.to_string())?;
+        check_reply(&reply, &Limits::default())
+    }
+}
+
+async fn measure<T: Transport>(transport: Arc<T>, request: Arc<Vec<u8>>, frames: usize, concurrency: usize) -> Result<TransportResult, String> {
+    for _ in 0..5 {
+        transport.round_trip(request.clone()).await?;
+    }
+    let mut rtt = LatencyStats::default();
+    for _ in 0..frames {
+        let t = Instant::now();
+        transport.round_trip(request.clone()).await?;
+        rtt.record(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency {
+        let (transport, request) = (transport.clone(), request.clone());
+        let share = frames / concurrency + usize::from(worker < frames % concurrency);
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..share {
+                transport.round_trip(request.clone()).await?;
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())??;
+    }
+    Ok(TransportResult { rtt, frames_per_s: frames as f64 / started.elapsed().as_secs_f64() })
+}
+
+async fn quic_server(endpoint: quinn::Endpoint) {
+    while let Some(incoming) = endpoint.accept().await {
+        tokio::spawn(async move {
+            let Ok(conn) = incoming.await else { return };
+            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                tokio::spawn(async move {
+                    let limits = Limits::default();
+                    let Ok(data) = recv.read_to_end(limits.max_message_bytes + 4).await else { return };
+                    let Some(body) = data.get(4..) else { return };
+                    if let Ok(reply) = echo_response(body, &limits) {
+                        let _ = send.write_all(&reply).await;
+                        let _ = send.finish();
+                        let _ = send.stopped().await;
+                    }
+                });
+            }
+        });
+    }
+}
+
+async fn tcp_server(listener: tokio::net::TcpListener) {
+    while let Ok((mut stream, _)) = listener.accept().await {
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let limits = Limits::default();
+            loop {
+                let mut prefix = [0u8; 4];
+                if stream.read_exact(&mut prefix).await.is_err() {
+                    return;
+                }
+                let Ok(len) = proto::body_length(prefix, &limits) else { return };
+                let mut body = vec![0u8; len];
+                if stream.read_exact(&mut body).await.is_err() {
+                    return;
+                }
+                let Ok(reply) = echo_response(&body, &limits) else { return };
+                if stream.write_all(&reply).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+fn parse_size(s: &str) -> Result<(u32, u32), BenchError> {
+    let bad = || BenchError::Setup(format!("frame size {s:?} is not WIDTHxHEIGHT"));
+    let (w, h) = s.split_once('x').ok_or_else(bad)?;
+    let (w, h): (u32, u32) = (w.parse().map_err(|_| bad())?, h.parse().map_err(|_| bad())?);
+    if w == 0 || h == 0 || w > 4096 || h > 4096 {
+        return Err(bad());
+    }
+    Ok((w, h))
+}
+
+pub fn transport(frames: usize, sizes: &[String], concurrency: usize) -> Result<(), BenchError> {
+    let sizes = sizes.iter().map(|s| parse_size(s)).collect::<Result<Vec<_>, _>>()?;
+    let (frames, concurrency) = (frames.max(1), concurrency.max(1));
+    let dir = tempfile_dir()?;
+    let pki = crate::remote::tls::generate_dev_pki(&dir, &["localhost".into()], &["bench".into()], true)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| BenchError::Setup(e.to_string()))?;
+    let result = runtime.block_on(async {
+        let server = quinn::Endpoint::server(crate::remote::tls::server_config(&pki.worker)?, "127.0.0.1:0".parse().expect("literal"))
+            .map_err(|e| BenchError::Setup(e.to_string()))?;
+        let quic_addr = server.local_addr().map_err(|e| BenchError::Setup(e.to_string()))?;
+        tokio::spawn(quic_server(server.clone()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| BenchError::Setup(e.to_string()))?;
+        let tcp_addr = listener.local_addr().map_err(|e| BenchError::Setup(e.to_string()))?;
+        tokio::spawn(tcp_server(listener));
+
+        let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().expect("literal")).map_err(|e| BenchError::Setup(e.to_string()))?;
+        client.set_default_client_config(crate::remote::tls::client_config(&pki.clients[0].1)?);
+        let connection = client
+            .connect(quic_addr, "localhost")
+            .map_err(|e| BenchError::Setup(e.to_string()))?
+            .await
+            .map_err(|e| BenchError::Setup(e.to_string()))?;
+        let quic = Arc::new(Quic { connection });
+        let mut connections = Vec::new();
+        for _ in 0..concurrency {
+            let s = tokio::net::TcpStream::connect(tcp_addr).await.map_err(|e| BenchError::Setup(e.to_string()))?;
+            let _ = s.set_nodelay(true);
+            connections.push(tokio::sync::Mutex::new(s));
+        }
+        let tcp = Arc::new(Tcp { connections, next: Default::default() });
+
+        println!("bench transport: {frames} round trips per size, throughput with {concurrency} in flight, loopback");
+        println!(
+            "  {:>9} {:>8} | {:>9} {:>9} {:>8} | {:>9} {:>9} {:>8} | {:>9} {:>9}",
+            "size", "bytes", "quic p50", "quic p99", "quic f/s", "tcp p50", "tcp p99", "tcp f/s", "rtt ratio", "tput ratio"
+        );
+        let (mut rtt_ratios, mut tput_ratios) = (Vec::new(), Vec::new());
+        for (i, (w, h)) in sizes.into_iter().enumerate() {
+            let image = crate::remote::image::encode(&synthetic_frame(w, h), w, h, ImageEncoding::Jpeg, 90).map_err(|e| BenchError::Setup(e.to_string()))?;
+            let request = Request { frame_id: 1, deadline_ms: 10_000, model: "large".into(), width: w, height: h, encoding: ImageEncoding::Jpeg, image };
+            let mut bytes = Vec::new();
+            proto::encode_request(&request, &mut bytes).map_err(|e| BenchError::Setup(e.to_string()))?;
+            let bytes = Arc::new(bytes);
+            // Alternate which transport goes first between sizes, so neither always gets a warmer machine.
+            let (q, t) = if i % 2 == 0 {
+                let q = measure(quic.clone(), bytes.clone(), frames, concurrency).await;
+                (q, measure(tcp.clone(), bytes.clone(), frames, concurrency).await)
+            } else {
+                let t = measure(tcp.clone(), bytes.clone(), frames, concurrency).await;
+                (measure(quic.clone(), bytes.clone(), frames, concurrency).await, t)
+            };
+            let (q, t) = (q.map_err(BenchError::Transport)?, t.map_err(BenchError::Transport)?);
+            let (qp, tp) = (q.rtt.percentiles(), t.rtt.percentiles());
+            let rtt_ratio = qp.p50_ms / tp.p50_ms;
+            let tput_ratio = q.frames_per_s / t.frames_per_s;
+            println!(
+                "  {:>9} {:>8} | {:>7.3}ms {:>7.3}ms {:>8.0} | {:>7.3}ms {:>7.3}ms {:>8.0} | {:>9.2} {:>9.2}",
+                format!("{w}x{h}"),
+                bytes.len(),
+                qp.p50_ms,
+                qp.p99_ms,
+                q.frames_per_s,
+                tp.p50_ms,
+                tp.p99_ms,
+                t.frames_per_s,
+                rtt_ratio,
+                tput_ratio
+            );
+            rtt_ratios.push(rtt_ratio);
+            tput_ratios.push(tput_ratio);
+        }
+        println!(
+            "  median over sizes: QUIC/TCP round trip p50 = {:.2} (target <= 1.2), QUIC/TCP throughput = {:.2} (target >= 0.8)",
+            median(rtt_ratios),
+            median(tput_ratios)
+        );
+        client.close(0u32.into(), b"done");
+        server.close(0u32.into(), b"done");
+        Ok::<(), BenchError>(())
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn tempfile_dir() -> Result<std::path::PathBuf, BenchError> {
+    let dir = std::env::temp_dir().join(format!("edgeseg-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| BenchError::Setup(format!("{}: {e}", dir.display())))?;
+    Ok(dir)
+}

@@ -1,0 +1,209 @@
+//! Measurements the pipeline exposes while it runs (queue depths, remote health) and reports
+//! when it ends (latency percentiles). Queue depths and remote health are what the control unit
+//! will read to adapt its offloading threshold, so they are plain shared values, cheap to sample.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+/// Latency samples in milliseconds; percentiles are computed at the end of a run.
+#[derive(Debug, Default, Clone)]
+pub struct LatencyStats {
+    samples: Vec<f64>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Percentiles {
+    pub count: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl LatencyStats {
+    pub fn record(&mut self, ms: f64) {
+        self.samples.push(ms);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
+    /// Nearest-rank percentiles (no interpolation: every reported value was really observed).
+    pub fn percentiles(&self) -> Percentiles {
+        let mut s = self.samples.clone();
+        s.sort_by(f64::total_cmp);
+        let rank = |q: f64| -> f64 {
+            if s.is_empty() {
+                return 0.0;
+            }
+            let i = ((q * s.len() as f64).ceil() as usize).clamp(1, s.len()) - 1;
+            s[i]
+        };
+        Percentiles { count: s.len(), p50_ms: rank(0.50), p99_ms: rank(0.99), max_ms: s.last().copied().unwrap_or(0.0) }
+    }
+}
+
+/// Latency per named stage.
+#[derive(Debug, Default, Clone)]
+pub struct StageLatencies {
+    pub stages: BTreeMap<String, LatencyStats>,
+}
+
+impl StageLatencies {
+    pub fn record(&mut self, stage: &str, ms: f64) {
+        self.stages.entry(stage.to_string()).or_default().record(ms);
+    }
+
+    pub fn summary(&self) -> BTreeMap<String, Percentiles> {
+        self.stages.iter().map(|(k, v)| (k.clone(), v.percentiles())).collect()
+    }
+}
+
+/// A bounded queue between two stages, observable without touching its messages.
+pub struct QueueGauge {
+    pub name: &'static str,
+    pub capacity: usize,
+    len: Box<dyn Fn() -> usize + Send + Sync>,
+    max_seen: AtomicUsize,
+}
+
+impl QueueGauge {
+    pub fn new<T: Send + 'static>(name: &'static str, rx: &crossbeam_channel::Receiver<T>) -> Self {
+        let rx = rx.clone();
+        QueueGauge { name, capacity: rx.capacity().unwrap_or(usize::MAX), len: Box::new(move || rx.len()), max_seen: AtomicUsize::new(0) }
+    }
+
+    pub fn depth(&self) -> usize {
+        let d = (self.len)();
+        self.max_seen.fetch_max(d, Ordering::Relaxed);
+        d
+    }
+
+    pub fn max_seen(&self) -> usize {
+        self.max_seen.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct QueueReport {
+    pub name: &'static str,
+    pub capacity: usize,
+    pub max_depth: usize,
+}
+
+/// All queues of a running pipeline.
+#[derive(Default, Clone)]
+pub struct QueueDepths {
+    gauges: Arc<Mutex<Vec<Arc<QueueGauge>>>>,
+}
+
+impl QueueDepths {
+    pub fn add(&self, gauge: QueueGauge) {
+        self.gauges.lock().expect("queue gauges lock").push(Arc::new(gauge));
+    }
+
+    /// Current depth of every queue, by name.
+    pub fn sample(&self) -> Vec<(&'static str, usize, usize)> {
+        self.gauges.lock().expect("queue gauges lock").iter().map(|g| (g.name, g.depth(), g.capacity)).collect()
+    }
+
+    pub fn report(&self) -> Vec<QueueReport> {
+        self.gauges
+            .lock()
+            .expect("queue gauges lock")
+            .iter()
+            .map(|g| QueueReport { name: g.name, capacity: g.capacity, max_depth: g.max_seen() })
+            .collect()
+    }
+}
+
+/// Health of the remote path as the edge client measures it.
+#[derive(Debug, Default)]
+pub struct RemoteHealth {
+    /// Exponentially weighted round-trip time, microseconds (0 until the first answer).
+    pub rtt_ewma_us: AtomicU64,
+    pub in_flight: AtomicUsize,
+    pub sent: AtomicU64,
+    pub answered: AtomicU64,
+    pub failures: AtomicU64,
+    pub consecutive_failures: AtomicU64,
+    pub worker_queue_ewma_us: AtomicU64,
+    pub connected: AtomicUsize,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RemoteHealthSnapshot {
+    pub rtt_ms: f64,
+    pub in_flight: usize,
+    pub sent: u64,
+    pub answered: u64,
+    pub failures: u64,
+    pub consecutive_failures: u64,
+    pub worker_queue_ms: f64,
+    pub connected_workers: usize,
+}
+
+impl RemoteHealth {
+    fn ewma(cell: &AtomicU64, sample_us: u64) {
+        let old = cell.load(Ordering::Relaxed);
+        let new = if old == 0 { sample_us } else { (old * 7 + sample_us) / 8 };
+        cell.store(new, Ordering::Relaxed);
+    }
+
+    pub fn record_answer(&self, rtt_us: u64, worker_queue_us: u64) {
+        Self::ewma(&self.rtt_ewma_us, rtt_us);
+        Self::ewma(&self.worker_queue_ewma_us, worker_queue_us);
+        self.answered.fetch_add(1, Ordering::Relaxed);
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+    }
+
+    pub fn record_failure(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> RemoteHealthSnapshot {
+        RemoteHealthSnapshot {
+            rtt_ms: self.rtt_ewma_us.load(Ordering::Relaxed) as f64 / 1000.0,
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            sent: self.sent.load(Ordering::Relaxed),
+            answered: self.answered.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+            consecutive_failures: self.consecutive_failures.load(Ordering::Relaxed),
+            worker_queue_ms: self.worker_queue_ewma_us.load(Ordering::Relaxed) as f64 / 1000.0,
+            connected_workers: self.connected.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let mut s = LatencyStats::default();
+        for v in 1..=100 {
+            s.record(v as f64);
+        }
+        let p = s.percentiles();
+        assert_eq!((p.count, p.p50_ms, p.p99_ms, p.max_ms), (100, 50.0, 99.0, 100.0));
+        assert_eq!(LatencyStats::default().percentiles().p50_ms, 0.0);
+    }
+
+    #[test]
+    fn queue_gauge_sees_depth() {
+        let (tx, rx) = crossbeam_channel::bounded::<u8>(4);
+        let depths = QueueDepths::default();
+        depths.add(QueueGauge::new("q", &rx));
+        tx.send(1).unwrap();
+        tx.send(2).unwrap();
+        assert_eq!(depths.sample(), vec![("q", 2, 4)]);
+        rx.recv().unwrap();
+        assert_eq!(depths.sample()[0].1, 1);
+        assert_eq!(depths.report()[0].max_depth, 2);
+    }
+}

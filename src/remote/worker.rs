@@ -1,0 +1,321 @@
+//! Remote worker: a QUIC server that segments hard frames with the large network.
+//!
+//! Each request arrives on its own bidirectional stream. The stream's task decodes and
+//! preprocesses the image off the I/O threads, then queues it for its model. One batching thread
+//! per model takes requests from every connected edge device, forms batches (up to
+//! `max_batch`, waiting at most `max_wait_ms` for more), drops requests whose deadline has
+//! passed without computing them, and answers each stream. The queue is bounded: when it is
+//! full the worker says "overloaded" at once, so the edge falls back instead of waiting.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use tokio::sync::oneshot;
+
+use super::proto::{self, ErrorCode, Limits, MaskResult, Request, Response, ResponseBody};
+use crate::config::WorkerConfig;
+use crate::infer::{ClassMap, InferError, Model};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Infer(#[from] InferError),
+    #[error("worker TLS set-up failed: {0}")]
+    Tls(#[from] super::tls::TlsError),
+    #[error("cannot listen on {addr}: {source} (is another worker running there?)")]
+    Listen { addr: String, source: std::io::Error },
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Counters the worker reports (and tests assert on).
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    pub answered: AtomicU64,
+    pub rejected_overloaded: AtomicU64,
+    pub expired: AtomicU64,
+    pub protocol_errors: AtomicU64,
+    pub handshake_failures: AtomicU64,
+    /// Batch size → number of batches run.
+    pub batch_sizes: Mutex<BTreeMap<usize, u64>>,
+}
+
+/// A preprocessed request waiting for its batch.
+struct Queued {
+    tensor: Vec<f32>,
+    width: u32,
+    height: u32,
+    enqueued: Instant,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<MaskResult, (ErrorCode, String)>>,
+}
+
+/// A running worker; dropping it without [`Worker::shutdown`] leaves the threads to the process end.
+pub struct Worker {
+    pub local_addr: SocketAddr,
+    pub stats: Arc<WorkerStats>,
+    stop: Arc<AtomicBool>,
+    endpoint: quinn::Endpoint,
+    runtime: Option<tokio::runtime::Runtime>,
+    batchers: Vec<JoinHandle<()>>,
+}
+
+struct ModelQueue {
+    tx: Sender<Queued>,
+    input_width: u32,
+    input_height: u32,
+    manifest: crate::infer::ModelManifest,
+}
+
+impl Worker {
+    /// Loads every model, binds the QUIC endpoint and starts serving.
+    pub fn start(config: &WorkerConfig) -> Result<Self, WorkerError> {
+        let stats = Arc::new(WorkerStats::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut queues = BTreeMap::new();
+        let mut batchers = Vec::new();
+        for (name, session) in &config.models {
+            let model = Model::load(session)?;
+            let (tx, rx) = crossbeam_channel::bounded(config.batching.max_queue);
+            let manifest = model.manifest.clone();
+            queues.insert(
+                name.clone(),
+                ModelQueue { tx, input_width: manifest.input.width, input_height: manifest.input.height, manifest },
+            );
+            let max_batch = config.batching.max_batch.min(model.max_batch);
+            let max_wait = Duration::from_millis(config.batching.max_wait_ms);
+            let (stats, stop) = (stats.clone(), stop.clone());
+            batchers.push(
+                std::thread::Builder::new()
+                    .name(format!("batch-{name}"))
+                    .spawn(move || batch_loop(model, rx, max_batch, max_wait, &stats, &stop))
+                    .expect("spawning a batching thread"),
+            );
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("worker-io")
+            .enable_all()
+            .build()
+            .map_err(WorkerError::Runtime)?;
+        let server_config = super::tls::server_config(&config.tls)?;
+        let addr: SocketAddr = config.listen.parse().map_err(|e: std::net::AddrParseError| WorkerError::Listen {
+            addr: config.listen.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+        })?;
+        let endpoint = {
+            let _guard = runtime.enter();
+            quinn::Endpoint::server(server_config, addr).map_err(|source| WorkerError::Listen { addr: config.listen.clone(), source })?
+        };
+        let local_addr = endpoint.local_addr().map_err(|source| WorkerError::Listen { addr: config.listen.clone(), source })?;
+        let limits = Limits { max_message_bytes: config.max_message_mib << 20, ..Limits::default() };
+        let server = Arc::new(Server { queues, limits, stats: stats.clone() });
+        runtime.spawn(accept_loop(endpoint.clone(), server));
+        tracing::info!(%local_addr, models = ?config.models.keys().collect::<Vec<_>>(), "worker listening");
+        Ok(Worker { local_addr, stats, stop, endpoint, runtime: Some(runtime), batchers })
+    }
+
+    /// Stops accepting, closes connections, and stops the batching threads.
+    pub fn shutdown(mut self) {
+        self.endpoint.close(0u32.into(), b"worker shutting down");
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_secs(2));
+        }
+        for b in self.batchers.drain(..) {
+            let _ = b.join();
+        }
+    }
+
+    pub fn batch_sizes(&self) -> BTreeMap<usize, u64> {
+        self.stats.batch_sizes.lock().expect("stats lock").clone()
+    }
+}
+
+struct Server {
+    queues: BTreeMap<String, ModelQueue>,
+    limits: Limits,
+    stats: Arc<WorkerStats>,
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, server: Arc<Server>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let server = server.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let connection = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Typically a client without a certificate from our CA.
+                    server.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%remote, error = %e, "refused connection at the handshake");
+                    return;
+                }
+            };
+            tracing::info!(%remote, "edge connected");
+            loop {
+                match connection.accept_bi().await {
+                    Ok((send, recv)) => {
+                        let server = server.clone();
+                        tokio::spawn(async move { server.serve_stream(send, recv).await });
+                    }
+                    Err(e) => {
+                        tracing::info!(%remote, reason = %e, "edge disconnected");
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}
+
+impl Server {
+    /// One frame: read, check, queue, answer. A bad message fails only this stream.
+    async fn serve_stream(&self, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+        let received = Instant::now();
+        let (frame_id, body) = match self.read_request(&mut recv).await {
+            Ok(request) => {
+                let id = request.frame_id;
+                (id, self.handle(request, received).await)
+            }
+            Err(message) => {
+                self.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%message, "malformed request; answering with a protocol error");
+                (0, ResponseBody::Error { code: ErrorCode::Protocol, message })
+            }
+        };
+        let mut bytes = Vec::new();
+        if let Err(e) = proto::encode_response(&Response { frame_id, body }, &mut bytes) {
+            tracing::error!(error = %e, "could not encode a response");
+            let _ = send.reset(1u32.into());
+            return;
+        }
+        if send.write_all(&bytes).await.is_ok() {
+            let _ = send.finish();
+            // Keep the stream until the peer has the bytes (or gives up), not a moment longer.
+            let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
+        }
+    }
+
+    async fn read_request(&self, recv: &mut quinn::RecvStream) -> Result<Request, String> {
+        let mut prefix = [0u8; proto::LENGTH_PREFIX_BYTES];
+        recv.read_exact(&mut prefix).await.map_err(|e| format!("cannot read the length prefix: {e}"))?;
+        // The limit is checked before anything is allocated for the body.
+        let len = proto::body_length(prefix, &self.limits).map_err(|e| e.to_string())?;
+        let mut body = vec![0u8; len];
+        recv.read_exact(&mut body).await.map_err(|e| format!("cannot read a {len}-byte body: {e}"))?;
+        let _ = recv.stop(0u32.into());
+        proto::decode_request(&body, &self.limits).map_err(|e| e.to_string())
+    }
+
+    async fn handle(&self, request: Request, received: Instant) -> ResponseBody {
+        let deadline = received + Duration::from_millis(request.deadline_ms as u64);
+        let Some(queue) = self.queues.get(&request.model) else {
+            let known: Vec<&String> = self.queues.keys().collect();
+            return ResponseBody::Error { code: ErrorCode::UnknownModel, message: format!("no model {:?}; this worker serves {known:?}", request.model) };
+        };
+        let (width, height) = (request.width, request.height);
+        let manifest = queue.manifest.clone();
+        let (iw, ih) = (queue.input_width, queue.input_height);
+        let prepared = tokio::task::spawn_blocking(move || -> Result<Vec<f32>, String> {
+            let bgr = super::image::decode(&request.image, width, height, request.encoding).map_err(|e| e.to_string())?;
+            let mut tensor = vec![0f32; 3 * (iw * ih) as usize];
+            crate::infer::preprocess(&bgr, width, height, &manifest, &mut tensor).map_err(|e| e.to_string())?;
+            Ok(tensor)
+        })
+        .await;
+        let tensor = match prepared {
+            Ok(Ok(t)) => t,
+            Ok(Err(message)) => return ResponseBody::Error { code: ErrorCode::BadRequest, message },
+            Err(e) => return ResponseBody::Error { code: ErrorCode::Internal, message: e.to_string() },
+        };
+        let (reply, answer) = oneshot::channel();
+        let item = Queued { tensor, width, height, enqueued: Instant::now(), deadline, reply };
+        match queue.tx.try_send(item) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.stats.rejected_overloaded.fetch_add(1, Ordering::Relaxed);
+                return ResponseBody::Error { code: ErrorCode::Overloaded, message: format!("queue of {} frames is full", queue.tx.capacity().unwrap_or(0)) };
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                return ResponseBody::Error { code: ErrorCode::Internal, message: "worker is shutting down".into() };
+            }
+        }
+        match answer.await {
+            Ok(Ok(mask)) => {
+                self.stats.answered.fetch_add(1, Ordering::Relaxed);
+                ResponseBody::Mask(mask)
+            }
+            Ok(Err((code, message))) => ResponseBody::Error { code, message },
+            Err(_) => ResponseBody::Error { code: ErrorCode::Internal, message: "batch thread ended".into() },
+        }
+    }
+}
+
+/// Forms batches across all clients and runs them. Requests already past their deadline are
+/// answered "deadline exceeded" without being computed: the edge has used its local result.
+fn batch_loop(mut model: Model, rx: Receiver<Queued>, max_batch: usize, max_wait: Duration, stats: &WorkerStats, stop: &AtomicBool) {
+    let input_len = model.input_len();
+    let mut input = Vec::with_capacity(max_batch * input_len);
+    while !stop.load(Ordering::Relaxed) {
+        let first = match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(item) => item,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let mut batch = vec![first];
+        let wait_until = Instant::now() + max_wait;
+        while batch.len() < max_batch {
+            match rx.recv_deadline(wait_until) {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        let now = Instant::now();
+        let (live, expired): (Vec<Queued>, Vec<Queued>) = batch.into_iter().partition(|q| q.deadline > now);
+        for q in expired {
+            stats.expired.fetch_add(1, Ordering::Relaxed);
+            let _ = q.reply.send(Err((ErrorCode::DeadlineExceeded, "deadline passed while queued".into())));
+        }
+        if live.is_empty() {
+            continue;
+        }
+        input.clear();
+        for q in &live {
+            input.extend_from_slice(&q.tensor);
+        }
+        let started = Instant::now();
+        let result = model.run(&input, live.len());
+        let inference_us = started.elapsed().as_micros() as u32;
+        *stats.batch_sizes.lock().expect("stats lock").entry(live.len()).or_default() += 1;
+        match result {
+            Ok(logits) => {
+                for (i, q) in live.into_iter().enumerate() {
+                    let answer = logits
+                        .class_map(i, q.width, q.height)
+                        .map(|ClassMap { width, height, classes }| MaskResult {
+                            width,
+                            height,
+                            class_map: classes,
+                            queue_us: started.duration_since(q.enqueued).as_micros() as u32,
+                            inference_us,
+                            batch_size: logits.batch() as u16,
+                        })
+                        .map_err(|e| (ErrorCode::Internal, e.to_string()));
+                    let _ = q.reply.send(answer);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "batch inference failed");
+                for q in live {
+                    let _ = q.reply.send(Err((ErrorCode::Internal, e.to_string())));
+                }
+            }
+        }
+    }
+}
