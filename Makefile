@@ -1,0 +1,33 @@
+# make demo: set up, build, and run the edge pipeline (plus a loopback worker) on the embedded default.
+# make test: set up, build, and run every test.
+CARGO ?= cargo
+
+.PHONY: setup build demo test bench bench-pipeline bench-transport fuzz clean
+
+setup:
+	scripts/setup
+
+build: setup
+	$(CARGO) build --release --locked
+
+demo: build
+	scripts/demo
+
+test: setup
+	$(CARGO) build --release --locked
+	$(CARGO) test --release --locked
+
+bench: bench-pipeline bench-transport
+
+bench-pipeline: build
+	target/release/edgeseg bench pipeline --config config/edge.toml --out out/bench
+
+bench-transport: build
+	target/release/edgeseg bench transport
+
+fuzz:
+	cd fuzz && $(CARGO) +nightly fuzz run decode -- -max_total_time=60
+
+clean:
+	$(CARGO) clean
+	rm -rf out
