@@ -135,7 +135,10 @@ impl Source {
         appsink.set_property("sync", false);
         appsink.set_max_buffers(2);
 
-        let state = pipeline.set_state(gst::State::Playing);
+        // Live sources answer the change to PAUSED with NO_PREROLL: that is how GStreamer says "live".
+        let state = pipeline
+            .set_state(gst::State::Paused)
+            .and_then(|paused| pipeline.set_state(gst::State::Playing).map(|_| paused));
         let live = match state {
             Ok(gst::StateChangeSuccess::NoPreroll) => true,
             Ok(_) => false,
@@ -182,13 +185,27 @@ impl Source {
 
     fn pull_loop(&self, tx: &Sender<Frame>, rx_for_drop: Option<&Receiver<Frame>>, stats: &IngestStats, stop: &AtomicBool) -> Result<(), IngestError> {
         let mut seq = 0u64;
+        let mut failed: Option<IngestError> = None;
         loop {
             if stop.load(Ordering::Relaxed) {
                 tracing::info!(origin = %self.spec.origin, "stop requested, ingest ends");
                 return Ok(());
             }
-            if let Some(err) = bus_error(&self.pipeline, &self.spec.origin, Duration::ZERO) {
-                return Err(err);
+            if failed.is_none() {
+                failed = bus_error(&self.pipeline, &self.spec.origin, Duration::ZERO);
+            }
+            if let Some(err) = failed.take() {
+                // Frames decoded before the error are still delivered; then the error ends the run.
+                match self.appsink.try_pull_sample(gst::ClockTime::ZERO) {
+                    Some(sample) => {
+                        if !self.deliver(&sample, &mut seq, tx, rx_for_drop, stats, stop)? {
+                            return Err(err);
+                        }
+                        failed = Some(err);
+                        continue;
+                    }
+                    None => return Err(err),
+                }
             }
             let Some(sample) = self.appsink.try_pull_sample(gst::ClockTime::from_mseconds(100)) else {
                 if self.appsink.is_eos() {
@@ -200,40 +217,56 @@ impl Source {
                 }
                 continue;
             };
-            let frame = frame_from_sample(&sample, seq, &self.spec.origin)?;
-            seq += 1;
-            stats.frames_in.fetch_add(1, Ordering::Relaxed);
-            if let Some(rx_for_drop) = rx_for_drop {
-                let mut pending = frame;
-                loop {
-                    match tx.try_send(pending) {
-                        Ok(()) => break,
-                        Err(TrySendError::Full(back)) => {
-                            if rx_for_drop.try_recv().is_ok() {
-                                stats.dropped.fetch_add(1, Ordering::Relaxed);
-                            }
-                            pending = back;
+            if !self.deliver(&sample, &mut seq, tx, rx_for_drop, stats, stop)? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Sends one frame on; `false` when the consumer is gone or a stop was requested.
+    fn deliver(
+        &self,
+        sample: &gst::Sample,
+        seq: &mut u64,
+        tx: &Sender<Frame>,
+        rx_for_drop: Option<&Receiver<Frame>>,
+        stats: &IngestStats,
+        stop: &AtomicBool,
+    ) -> Result<bool, IngestError> {
+        let frame = frame_from_sample(sample, *seq, &self.spec.origin)?;
+        *seq += 1;
+        stats.frames_in.fetch_add(1, Ordering::Relaxed);
+        if let Some(rx_for_drop) = rx_for_drop {
+            let mut pending = frame;
+            loop {
+                match tx.try_send(pending) {
+                    Ok(()) => break,
+                    Err(TrySendError::Full(back)) => {
+                        if rx_for_drop.try_recv().is_ok() {
+                            stats.dropped.fetch_add(1, Ordering::Relaxed);
                         }
-                        Err(TrySendError::Disconnected(_)) => return Ok(()),
+                        pending = back;
                     }
+                    Err(TrySendError::Disconnected(_)) => return Ok(false),
                 }
-            } else {
-                // Block (replay loses nothing) but wake up to notice a stop request from a failed stage.
-                let mut pending = frame;
-                loop {
-                    match tx.send_timeout(pending, Duration::from_millis(100)) {
-                        Ok(()) => break,
-                        Err(crossbeam_channel::SendTimeoutError::Timeout(back)) => {
-                            if stop.load(Ordering::Relaxed) {
-                                return Ok(());
-                            }
-                            pending = back;
+            }
+        } else {
+            // Block (replay loses nothing) but wake up to notice a stop request from a failed stage.
+            let mut pending = frame;
+            loop {
+                match tx.send_timeout(pending, Duration::from_millis(100)) {
+                    Ok(()) => break,
+                    Err(crossbeam_channel::SendTimeoutError::Timeout(back)) => {
+                        if stop.load(Ordering::Relaxed) {
+                            return Ok(false);
                         }
-                        Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => return Ok(()),
+                        pending = back;
                     }
+                    Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => return Ok(false),
                 }
             }
         }
+        Ok(true)
     }
 }
 
@@ -250,10 +283,22 @@ fn find_appsink(pipeline: &gst::Pipeline) -> Option<gst_app::AppSink> {
         .find_map(|e| e.downcast::<gst_app::AppSink>().ok())
 }
 
+/// Pops the first message of one of `types` within `wait`, discarding others.
+/// (gstreamer-rs 0.25's `timed_pop_filtered` never pops anything with a zero timeout.)
+pub(crate) fn pop_message(bus: &gst::Bus, types: &[gst::MessageType], wait: Duration) -> Option<gst::Message> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let msg = bus.timed_pop(gst::ClockTime::from_nseconds(remaining.as_nanos() as u64))?;
+        if types.contains(&msg.type_()) {
+            return Some(msg);
+        }
+    }
+}
+
 /// Takes the first error message off the bus, if any arrives within `wait`.
 fn bus_error(pipeline: &gst::Pipeline, origin: &str, wait: Duration) -> Option<IngestError> {
-    let bus = pipeline.bus()?;
-    let msg = bus.timed_pop_filtered(gst::ClockTime::from_nseconds(wait.as_nanos() as u64), &[gst::MessageType::Error])?;
+    let msg = pop_message(&pipeline.bus()?, &[gst::MessageType::Error], wait)?;
     let gst::MessageView::Error(err) = msg.view() else { return None };
     let element = err.src().map(|s| s.name().to_string()).unwrap_or_else(|| "(unknown)".to_string());
     let message = err.error().to_string();

@@ -9,6 +9,7 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 
 use super::SinkError;
+use crate::ingest::pop_message;
 
 pub struct OverlayWriter {
     path: PathBuf,
@@ -81,7 +82,7 @@ impl OverlayWriter {
     }
 
     fn bus_error(&self) -> Option<String> {
-        let msg = self.pipeline.bus()?.pop_filtered(&[gst::MessageType::Error])?;
+        let msg = pop_message(&self.pipeline.bus()?, &[gst::MessageType::Error], Duration::ZERO)?;
         match msg.view() {
             gst::MessageView::Error(e) => Some(format!("{}: {}", e.src().map(|s| s.name().to_string()).unwrap_or_default(), e.error())),
             _ => None,
@@ -93,7 +94,7 @@ impl OverlayWriter {
         let err = |message: String| SinkError::Overlay { path: self.path.clone(), message };
         let _ = self.appsrc.end_of_stream();
         let result = match self.pipeline.bus() {
-            Some(bus) => match bus.timed_pop_filtered(gst::ClockTime::from_seconds(30), &[gst::MessageType::Eos, gst::MessageType::Error]) {
+            Some(bus) => match pop_message(&bus, &[gst::MessageType::Eos, gst::MessageType::Error], Duration::from_secs(30)) {
                 Some(msg) => match msg.view() {
                     gst::MessageView::Error(e) => Err(err(e.error().to_string())),
                     _ => Ok(()),
