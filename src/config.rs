@@ -67,8 +67,22 @@ pub struct IngestConfig {
     pub pipeline: PathBuf,
     #[serde(default = "default_liveness")]
     pub live: Liveness,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "scalar_strings")]
     pub params: BTreeMap<String, String>,
+}
+
+/// Pipeline parameters are substituted as text, but `width = 640` should not need quotes.
+fn scalar_strings<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    let raw = BTreeMap::<String, toml::Value>::deserialize(d)?;
+    raw.into_iter()
+        .map(|(k, v)| match v {
+            toml::Value::String(s) => Ok((k, s)),
+            toml::Value::Integer(i) => Ok((k, i.to_string())),
+            toml::Value::Float(f) => Ok((k, f.to_string())),
+            toml::Value::Boolean(b) => Ok((k, b.to_string())),
+            other => Err(serde::de::Error::custom(format!("ingest.params.{k} must be a string, number or boolean, not {}", other.type_str()))),
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -37,6 +37,8 @@ pub enum PipelineError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Remote(#[from] ClientError),
+    #[error("the {0} stage panicked; this is a bug in edgeseg, please report it with the log")]
+    Panicked(&'static str),
 }
 
 /// A frame travelling through the pipeline.
@@ -106,8 +108,8 @@ impl FirstError {
     }
 }
 
-fn stage<F: FnOnce() + Send + 'static>(name: &str, f: F) -> JoinHandle<()> {
-    std::thread::Builder::new().name(name.to_string()).spawn(f).expect("spawning a pipeline stage thread")
+fn stage<F: FnOnce() + Send + 'static>(name: &'static str, f: F) -> (&'static str, JoinHandle<()>) {
+    (name, std::thread::Builder::new().name(name.to_string()).spawn(f).expect("spawning a pipeline stage thread"))
 }
 
 fn ms_since(t: Instant) -> f64 {
@@ -159,7 +161,7 @@ pub fn run(config: &EdgeConfig, stop: Arc<AtomicBool>) -> Result<RunOutcome, Pip
         Some(client) => {
             let (remote_tx, remote_rx) = bounded::<Job>(cap);
             queues.add(QueueGauge::new("remote", &remote_rx));
-            threads.push(client.spawn(remote_rx, segmented_tx.clone(), local_tx.clone()));
+            threads.push(("remote", client.spawn(remote_rx, segmented_tx.clone(), local_tx.clone())));
             Some(remote_tx)
         }
         None => None,
@@ -262,16 +264,22 @@ pub fn run(config: &EdgeConfig, stop: Arc<AtomicBool>) -> Result<RunOutcome, Pip
         })
     };
 
-    let ingest_result = ingest.thread.join().unwrap_or_else(|_| Ok(()));
-    if let Err(e) = ingest_result {
-        first_error.set(e.into());
+    match ingest.thread.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => first_error.set(e.into()),
+        Err(_) => first_error.set(PipelineError::Panicked("ingest")),
     }
-    for t in threads {
-        let _ = t.join();
+    for (name, t) in threads {
+        if t.join().is_err() {
+            first_error.set(PipelineError::Panicked(name));
+        }
     }
-    let report = sink_thread.join().unwrap_or_default();
+    let report = sink_thread.join().unwrap_or_else(|_| {
+        first_error.set(PipelineError::Panicked("sink"));
+        Default::default()
+    });
     monitor_done.store(true, Ordering::Relaxed);
-    let _ = monitor.join();
+    let _ = monitor.1.join();
     let wall_s = started.elapsed().as_secs_f64();
 
     let mut error = first_error.slot.lock().expect("error slot lock").take();

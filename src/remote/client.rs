@@ -43,7 +43,14 @@ struct WorkerSlot {
     addr: SocketAddr,
     connection: Mutex<Option<quinn::Connection>>,
     last_error: Mutex<Option<String>>,
+    /// Frames in a row that failed on the current connection. A worker that died without closing
+    /// (crash, cable cut) looks alive until QUIC's idle timeout; after a few misses in a row we
+    /// close the connection ourselves so the reconnect loop starts at once.
+    consecutive_failures: std::sync::atomic::AtomicU32,
 }
+
+/// Misses in a row after which a connection is presumed dead.
+const FAILURES_BEFORE_RECONNECT: u32 = 3;
 
 impl WorkerSlot {
     fn live_connection(&self) -> Option<quinn::Connection> {
@@ -77,6 +84,7 @@ impl RemoteClient {
                     addr,
                     connection: Mutex::new(None),
                     last_error: Mutex::new(None),
+                    consecutive_failures: Default::default(),
                 }))
             })
             .collect::<Result<Vec<_>, ClientError>>()?;
@@ -293,11 +301,12 @@ impl Shared {
         };
         let outcome = match tokio::time::timeout(deadline, exchange(&conn, &request)).await {
             Ok(r) => r,
-            Err(_) => Err(format!("deadline of {} ms passed", self.settings.deadline_ms)),
+            Err(_) => Err(Failure::Silent(format!("deadline of {} ms passed", self.settings.deadline_ms))),
         };
         let rtt = started.elapsed();
         match outcome {
             Ok(mask) => {
+                slot.consecutive_failures.store(0, Ordering::Relaxed);
                 self.health.record_answer(rtt.as_micros() as u64, mask.queue_us as u64);
                 let mut job = job;
                 job.latency_ms.insert("remote", rtt.as_secs_f64() * 1000.0);
@@ -311,26 +320,56 @@ impl Shared {
                 let segmented = job.into_segmented(map, source);
                 let _ = tokio::task::block_in_place(|| self.answered.send(segmented));
             }
-            Err(reason) => {
+            Err(failure) => {
                 self.health.record_failure();
+                let reason = match failure {
+                    // The worker answered (overloaded, late, ...): it is alive.
+                    Failure::Answered(reason) => {
+                        slot.consecutive_failures.store(0, Ordering::Relaxed);
+                        reason
+                    }
+                    Failure::Silent(reason) => {
+                        if slot.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1 >= FAILURES_BEFORE_RECONNECT {
+                            slot.consecutive_failures.store(0, Ordering::Relaxed);
+                            conn.close(1u32.into(), b"worker unresponsive");
+                        }
+                        reason
+                    }
+                };
                 self.give_back_async(job, format!("worker {}: {reason}", slot.label));
             }
         }
     }
 }
 
+/// Why a remote frame got no mask.
+enum Failure {
+    /// The worker replied, but with an error (overloaded, deadline, ...) or an unusable mask.
+    Answered(String),
+    /// No usable reply: transport failure or silence until the deadline.
+    Silent(String),
+}
+
 /// One request/response exchange on a fresh bidirectional stream.
-async fn exchange(conn: &quinn::Connection, request: &Request) -> Result<proto::MaskResult, String> {
+async fn exchange(conn: &quinn::Connection, request: &Request) -> Result<proto::MaskResult, Failure> {
+    let reply = transfer(conn, request).await.map_err(Failure::Silent)?;
+    check_reply(&reply, request).map_err(Failure::Answered)
+}
+
+async fn transfer(conn: &quinn::Connection, request: &Request) -> Result<Vec<u8>, String> {
     let mut bytes = Vec::with_capacity(request.image.len() + 64);
     proto::encode_request(request, &mut bytes).map_err(|e| e.to_string())?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| format!("cannot open stream: {e}"))?;
     send.write_all(&bytes).await.map_err(|e| format!("send failed: {e}"))?;
     send.finish().map_err(|e| format!("send failed: {e}"))?;
     let limits = Limits::default();
-    let reply = recv
-        .read_to_end(limits.max_message_bytes + proto::LENGTH_PREFIX_BYTES)
+    recv.read_to_end(limits.max_message_bytes + proto::LENGTH_PREFIX_BYTES)
         .await
-        .map_err(|e| format!("receive failed: {e}"))?;
+        .map_err(|e| format!("receive failed: {e}"))
+}
+
+fn check_reply(reply: &[u8], request: &Request) -> Result<proto::MaskResult, String> {
+    let limits = Limits::default();
     let (prefix, body) = reply.split_at_checked(proto::LENGTH_PREFIX_BYTES).ok_or("reply shorter than its length prefix")?;
     let len = proto::body_length(prefix.try_into().expect("4 bytes"), &limits).map_err(|e| e.to_string())?;
     if len != body.len() {

@@ -125,6 +125,8 @@ impl Worker {
         self.endpoint.close(0u32.into(), b"worker shutting down");
         self.stop.store(true, Ordering::Relaxed);
         if let Some(rt) = self.runtime.take() {
+            // Let the endpoint send CONNECTION_CLOSE before its tasks are dropped, so edges notice at once.
+            rt.block_on(async { tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await.ok() });
             rt.shutdown_timeout(Duration::from_secs(2));
         }
         for b in self.batchers.drain(..) {
