@@ -1,0 +1,82 @@
+//! Shared helpers for the integration tests: fixtures (made by scripts/fixtures when missing),
+//! temporary configs, and reading what a run wrote.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Once;
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Makes sure the fixture models and videos exist (idempotent script, run once per test binary).
+pub fn fixtures() -> PathBuf {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let status = Command::new(root().join("scripts/fixtures")).current_dir(root()).status().expect("running scripts/fixtures");
+        assert!(status.success(), "scripts/fixtures failed");
+    });
+    root()
+}
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_edgeseg"))
+}
+
+/// Writes an edge config into `dir` that replays `video` locally, with outputs in `dir/out`.
+/// `extra` is appended verbatim (TOML) for tests that need more sections.
+pub fn edge_config(dir: &Path, video: &Path, extra: &str) -> PathBuf {
+    let r = fixtures();
+    let text = format!(
+        r#"
+[ingest]
+pipeline = "{pipeline}"
+live = "replay"
+[ingest.params]
+location = "{video}"
+[model]
+manifest = "{manifest}"
+intra_threads = 1
+[output]
+dir = "{out}"
+masks = true
+overlay = true
+{extra}
+"#,
+        pipeline = r.join("pipelines/file.pipeline").display(),
+        video = video.display(),
+        manifest = r.join("models/small.toml").display(),
+        out = dir.join("out").display(),
+    );
+    let path = dir.join("edge.toml");
+    std::fs::write(&path, text).expect("writing edge.toml");
+    path
+}
+
+pub fn short_video() -> PathBuf {
+    fixtures().join("fixtures/short.mp4")
+}
+
+pub const SHORT_VIDEO_FRAMES: usize = 24;
+
+/// Parsed `records.jsonl`.
+pub fn records(out: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(out.join("records.jsonl")).unwrap_or_default();
+    text.lines().map(|l| serde_json::from_str(l).expect("every record line is JSON")).collect()
+}
+
+pub struct RunResult {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn run_edge(args: &[&str]) -> RunResult {
+    let output = Command::new(bin()).args(args).output().expect("running edgeseg");
+    RunResult {
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}

@@ -1,0 +1,272 @@
+//! The local edge pipeline end to end, with real GStreamer and real ONNX Runtime: replay of a
+//! recorded video, the live-source drop policy, clean shutdown on SIGTERM, and every kind of bad
+//! input ending in a clear error and a non-zero exit without losing what was already written.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{edge_config, records, run_edge, short_video, RunResult, SHORT_VIDEO_FRAMES};
+use edgeseg::config::Liveness;
+use edgeseg::ingest::PipelineSpec;
+
+fn run_config(config: &Path, extra: &[&str]) -> RunResult {
+    let mut args = vec!["run", "--config", config.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    run_edge(&args)
+}
+
+fn assert_fails_with(result: &RunResult, needles: &[&str]) {
+    assert!(!result.status.success(), "expected failure, got success\nstderr: {}", result.stderr);
+    for n in needles {
+        assert!(result.stderr.contains(n), "stderr lacks {n:?}:\n{}", result.stderr);
+    }
+}
+
+/// Decodes a video with the project's own ingest and counts its frames.
+fn count_frames(video: &Path) -> usize {
+    let params = BTreeMap::from([("location".to_string(), video.display().to_string())]);
+    let spec = PipelineSpec::from_file(&common::root().join("pipelines/file.pipeline"), &params).unwrap();
+    edgeseg::pipeline::collect_frames(spec, usize::MAX).unwrap().len()
+}
+
+#[test]
+fn replay_yields_one_record_per_frame_in_order_with_frame_sized_masks() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = edge_config(dir.path(), &short_video(), "");
+    let result = run_config(&config, &[]);
+    assert!(result.status.success(), "{}", result.stderr);
+    let out = dir.path().join("out");
+    let recs = records(&out);
+    assert_eq!(recs.len(), SHORT_VIDEO_FRAMES);
+    for (i, r) in recs.iter().enumerate() {
+        assert_eq!(r["seq"], i as u64);
+        assert_eq!(r["order"], i as u64);
+        assert_eq!(r["source"]["kind"], "local");
+        assert_eq!((r["width"].as_u64(), r["height"].as_u64()), (Some(160), Some(120)));
+        let total: f64 = r["classes"].as_array().unwrap().iter().map(|c| c["fraction"].as_f64().unwrap()).sum();
+        assert!((total - 1.0).abs() < 1e-9, "class fractions sum to {total}");
+        for stage in ["preprocess", "infer", "postprocess"] {
+            assert!(r["latency_ms"][stage].as_f64().is_some(), "record lacks {stage} latency: {r}");
+        }
+    }
+    // PTS increase strictly: frames came out in stream order.
+    let pts: Vec<f64> = recs.iter().map(|r| r["pts_ms"].as_f64().unwrap()).collect();
+    assert!(pts.windows(2).all(|w| w[0] < w[1]), "{pts:?}");
+    // The test video is SMPTE bars: the fixture model sees several classes in it.
+    assert!(recs[0]["classes"].as_array().unwrap().len() >= 4);
+
+    for seq in 0..SHORT_VIDEO_FRAMES {
+        let png = out.join(format!("masks/{seq:06}.png"));
+        let mask = opencv::imgcodecs::imread(png.to_str().unwrap(), opencv::imgcodecs::IMREAD_COLOR).unwrap();
+        use opencv::prelude::MatTraitConst;
+        assert_eq!((mask.cols(), mask.rows()), (160, 120), "{}", png.display());
+    }
+    assert_eq!(count_frames(&out.join("overlay.mp4")), SHORT_VIDEO_FRAMES, "overlay video has every frame");
+
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["frames_in"], SHORT_VIDEO_FRAMES as u64);
+    assert_eq!(summary["frames_out"], SHORT_VIDEO_FRAMES as u64);
+    assert_eq!(summary["dropped"], 0);
+    assert!(result.stdout.contains("frames: in 24 out 24 dropped 0"), "{}", result.stdout);
+}
+
+#[test]
+fn live_source_drops_oldest_when_the_consumer_is_slow_and_is_never_blocked() {
+    common::fixtures();
+    let params: BTreeMap<String, String> = [("pattern", "ball"), ("width", "64"), ("height", "48"), ("framerate", "50/1"), ("num_buffers", "-1")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let spec = PipelineSpec::from_file(&common::root().join("pipelines/testsrc.pipeline"), &params).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let ingest = edgeseg::ingest::spawn(spec, Liveness::Auto, 2, stop.clone()).unwrap();
+    assert!(ingest.live, "videotestsrc is-live=true is detected as live");
+
+    // A consumer ten times slower than the 50 fps source.
+    let started = Instant::now();
+    let mut received = Vec::new();
+    while started.elapsed() < Duration::from_millis(2000) {
+        if let Ok(frame) = ingest.frames.recv_timeout(Duration::from_millis(500)) {
+            received.push(frame.seq);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let produced = ingest.stats.frames_in.load(Ordering::Relaxed);
+    let dropped = ingest.stats.dropped.load(Ordering::Relaxed);
+    drop(ingest.frames);
+    ingest.thread.join().unwrap().unwrap();
+
+    // Not blocked: the source kept its pace (~100 frames in 2 s) although we took ~10.
+    assert!(produced >= 50, "source produced only {produced} frames: it was blocked by the slow consumer");
+    assert!(received.len() <= 15, "{received:?}");
+    // Every frame not received was dropped and counted (at most the queue's 2 still waiting).
+    assert!(dropped + received.len() as u64 + 2 >= produced, "produced {produced}, dropped {dropped}, received {}", received.len());
+    assert!(dropped > 0);
+    // The newest frames win: what we receive keeps up with the source, with gaps.
+    assert!(received.windows(2).all(|w| w[0] < w[1]));
+    assert!(received.windows(2).any(|w| w[1] - w[0] > 1), "{received:?}");
+}
+
+#[test]
+fn sigterm_finishes_in_flight_frames_and_flushes_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = edge_config(dir.path(), &short_video(), "");
+    let testsrc = common::root().join("pipelines/testsrc.pipeline");
+    let mut child = std::process::Command::new(common::bin())
+        .args(["run", "--config", config.to_str().unwrap(), "--pipeline", testsrc.to_str().unwrap()])
+        .args(["--set", "ingest.live=\"auto\"", "--set", "ingest.params.pattern=smpte", "--set", "ingest.params.width=160"])
+        .args(["--set", "ingest.params.height=120", "--set", "ingest.params.framerate=\"15/1\"", "--set", "ingest.params.num_buffers=-1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = dir.path().join("out");
+    let started = Instant::now();
+    while records(&out).len() < 5 && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    unsafe { libc_kill(child.id() as i32, 15) };
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let recs = records(&out);
+    let frames_in = summary["frames_in"].as_u64().unwrap();
+    let dropped = summary["dropped"].as_u64().unwrap();
+    assert!(recs.len() >= 5);
+    assert_eq!(recs.len() as u64, frames_in - dropped, "every frame that entered came out");
+    assert_eq!(count_frames(&out.join("overlay.mp4")), recs.len(), "overlay video was finalised with every frame");
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, signal: i32) -> i32;
+}
+
+#[test]
+fn missing_video_file_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = edge_config(dir.path(), &dir.path().join("nope.mp4"), "");
+    assert_fails_with(&run_config(&config, &[]), &["filesrc", "check that the video file exists"]);
+}
+
+#[test]
+fn truncated_video_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = std::fs::read(common::fixtures().join("fixtures/demo.mp4")).unwrap();
+    let truncated = dir.path().join("truncated.mp4");
+    std::fs::write(&truncated, &full[..full.len() / 2]).unwrap();
+    let config = edge_config(dir.path(), &truncated, "");
+    assert_fails_with(&run_config(&config, &[]), &["qtdemux", "corrupt, truncated or not a video"]);
+    let garbage = dir.path().join("garbage.mp4");
+    std::fs::write(&garbage, (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect::<Vec<u8>>()).unwrap();
+    let config = edge_config(dir.path(), &garbage, "");
+    assert_fails_with(&run_config(&config, &[]), &["typefind"]);
+}
+
+#[test]
+fn stream_error_midway_keeps_everything_written_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = dir.path().join("fails.pipeline");
+    std::fs::write(
+        &pipeline,
+        "videotestsrc num-buffers=40 ! video/x-raw,width=96,height=64 ! identity error-after=12 ! videoconvert ! appsink name=sink\n",
+    )
+    .unwrap();
+    let config = edge_config(dir.path(), &short_video(), "");
+    let result = run_config(&config, &["--pipeline", pipeline.to_str().unwrap()]);
+    assert_fails_with(&result, &["identity0", "Failed after iterations as requested"]);
+    let out = dir.path().join("out");
+    let recs = records(&out);
+    // identity passes 11 buffers and fails on the 12th: all 11 are written, in order.
+    assert_eq!(recs.len(), 11);
+    assert!(recs.iter().enumerate().all(|(i, r)| r["seq"] == i as u64));
+    assert_eq!(count_frames(&out.join("overlay.mp4")), 11, "overlay video is finalised and playable");
+    assert!(result.stderr.contains("the 11 frames processed before the error were written"), "{}", result.stderr);
+}
+
+#[test]
+fn pipeline_that_does_not_parse_or_lacks_an_appsink_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = edge_config(dir.path(), &short_video(), "");
+    let broken = dir.path().join("broken.pipeline");
+    std::fs::write(&broken, "videotestsrc ! nosuchelement ! appsink\n").unwrap();
+    assert_fails_with(&run_config(&config, &["--pipeline", broken.to_str().unwrap()]), &["broken.pipeline", "does not parse", "nosuchelement"]);
+    let no_sink = dir.path().join("nosink.pipeline");
+    std::fs::write(&no_sink, "videotestsrc num-buffers=3 ! fakesink\n").unwrap();
+    assert_fails_with(&run_config(&config, &["--pipeline", no_sink.to_str().unwrap()]), &["nosink.pipeline", "has no appsink"]);
+    let missing_param = dir.path().join("param.pipeline");
+    std::fs::write(&missing_param, "uridecodebin uri=${uri} ! videoconvert ! appsink\n").unwrap();
+    assert_fails_with(&run_config(&config, &["--pipeline", missing_param.to_str().unwrap()]), &["${uri}", "ingest.params.uri"]);
+}
+
+/// Writes a copy of the small model's manifest with `edit` applied, next to a given ONNX file.
+fn manifest_variant(dir: &Path, onnx: &Path, edit: impl Fn(String) -> String) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(common::fixtures().join("models/small.toml")).unwrap();
+    let text = text.replace("onnx = \"small.onnx\"", &format!("onnx = \"{}\"", onnx.display()));
+    let path = dir.join("variant.toml");
+    std::fs::write(&path, edit(text)).unwrap();
+    path
+}
+
+#[test]
+fn model_file_that_is_not_onnx_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("fake.onnx");
+    std::fs::write(&fake, "this is not a protobuf").unwrap();
+    let manifest = manifest_variant(dir.path(), &fake, |t| t);
+    let config = edge_config(dir.path(), &short_video(), "");
+    let result = run_config(&config, &["--set", &format!("model.manifest={}", manifest.display())]);
+    assert_fails_with(&result, &["fake.onnx", "could not be loaded by ONNX Runtime"]);
+    assert!(!dir.path().join("out/records.jsonl").exists() || records(&dir.path().join("out")).is_empty());
+}
+
+#[test]
+fn manifest_that_disagrees_with_the_model_names_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let onnx = common::fixtures().join("models/small.onnx");
+    let config = edge_config(dir.path(), &short_video(), "");
+    let wrong_size = manifest_variant(dir.path(), &onnx, |t| t.replace("width = 256", "width = 320"));
+    assert_fails_with(
+        &run_config(&config, &["--set", &format!("model.manifest={}", wrong_size.display())]),
+        &["small.onnx", "variant.toml", "input.height x input.width = 256x320"],
+    );
+    let wrong_classes = manifest_variant(dir.path(), &onnx, |t| t.replace("\"background\", \"aeroplane\", ", ""));
+    assert_fails_with(
+        &run_config(&config, &["--set", &format!("model.manifest={}", wrong_classes.display())]),
+        &["model output has 21 classes, manifest output.classes names 19"],
+    );
+    let wrong_input = manifest_variant(dir.path(), &onnx, |t| t.replace("name = \"input\"", "name = \"images\""));
+    assert_fails_with(
+        &run_config(&config, &["--set", &format!("model.manifest={}", wrong_input.display())]),
+        &["input.name = \"images\"", "model inputs are [input]"],
+    );
+}
+
+#[test]
+fn invalid_config_values_name_the_key_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = edge_config(dir.path(), &short_video(), "");
+    let cases: &[(&str, &[&str])] = &[
+        ("pipeline.queue_capacity=0", &["edge.toml", "pipeline.queue_capacity = 0", "1..=1024"]),
+        ("output.overlay_alpha=1.5", &["output.overlay_alpha = 1.5", "0..=1"]),
+        ("model.intra_threads=0", &["model.intra_threads = 0"]),
+        ("remote.routing=\"sometimes\"", &["edge.toml", "sometimes"]),
+        ("remote.routing=\"remote\"", &["remote.workers", "is empty but remote.routing sends frames to a worker"]),
+        ("output.colour=true", &["unknown field", "colour"]),
+        ("ingest.pipeline=/nonexistent.pipeline", &["ingest.pipeline = /nonexistent.pipeline", "does not exist"]),
+    ];
+    for (set, needles) in cases {
+        let result = run_config(&config, &["--set", set]);
+        assert_fails_with(&result, needles);
+    }
+    assert_fails_with(&run_edge(&["run", "--config", "/no/such/edge.toml"]), &["/no/such/edge.toml"]);
+    // Nothing ran, so nothing was written.
+    assert!(!dir.path().join("out").exists());
+}

@@ -1,0 +1,421 @@
+//! The remote path end to end: real QUIC (quinn) on loopback with mutual TLS, a real worker
+//! running the large ONNX network in-process, and the real edge pipeline (or binary) replaying
+//! GStreamer sources. Covered:
+//!
+//! - every frame sent remote comes back, in order, answered by the worker;
+//! - a worker killed mid-stream and restarted on the same port: frames fall back meanwhile,
+//!   the edge reconnects, and not a single frame is lost;
+//! - an unreachable worker: the binary warns, every frame falls back, the run succeeds;
+//! - a client certificate from a foreign CA is refused at the handshake;
+//! - malformed and oversized messages fail only their own stream, not the connection;
+//! - several edge devices at once are batched together by the worker.
+//!
+//! The tests run one at a time (see [`exclusive`]): they are CPU-heavy, and the restart test
+//! measures the stream against wall-clock time.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use edgeseg::config::{EdgeConfig, WorkerConfig};
+use edgeseg::pipeline::RunOutcome;
+use edgeseg::remote::proto::{self, ErrorCode, ImageEncoding, Limits, Request, Response, ResponseBody};
+use edgeseg::remote::tls::{GeneratedPki, TlsPaths};
+use edgeseg::remote::worker::Worker;
+use serde_json::Value;
+
+/// Serializes the tests of this file; a failed test must not block the others, so poisoning is ignored.
+fn exclusive() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Masks and overlay video cost CPU and are not what these tests are about.
+const NO_EXTRA_OUTPUTS: [&str; 2] = ["output.masks=false", "output.overlay=false"];
+
+/// A development PKI in `dir` with one client identity, "edge"; the worker certificate is valid
+/// for "localhost" and 127.0.0.1.
+fn dev_pki(dir: &Path) -> GeneratedPki {
+    edgeseg::remote::tls::generate_dev_pki(dir, &["localhost".into(), "127.0.0.1".into()], &["edge".into()], false)
+        .expect("generating a development PKI")
+}
+
+fn edge_identity(pki: &GeneratedPki) -> &TlsPaths {
+    &pki.clients[0].1
+}
+
+/// A UDP port that was free a moment ago, for a worker that must come back on the same port.
+fn free_udp_port() -> u16 {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("binding a probe socket");
+    socket.local_addr().expect("probe socket address").port()
+}
+
+struct WorkerSettings {
+    listen: String,
+    max_batch: usize,
+    max_wait_ms: u64,
+    max_message_mib: usize,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        WorkerSettings { listen: "127.0.0.1:0".into(), max_batch: 4, max_wait_ms: 5, max_message_mib: 16 }
+    }
+}
+
+/// Writes `dir/worker.toml` serving models/large.toml as "large" and starts the worker in-process.
+fn start_worker(dir: &Path, pki: &GeneratedPki, settings: &WorkerSettings) -> Worker {
+    let root = common::fixtures();
+    let text = format!(
+        r#"
+listen = "{listen}"
+max_message_mib = {max_message_mib}
+[models.large]
+manifest = "{manifest}"
+[batching]
+max_batch = {max_batch}
+max_wait_ms = {max_wait_ms}
+[tls]
+ca_cert = "{ca}"
+cert = "{cert}"
+key = "{key}"
+"#,
+        listen = settings.listen,
+        max_message_mib = settings.max_message_mib,
+        manifest = root.join("models/large.toml").display(),
+        max_batch = settings.max_batch,
+        max_wait_ms = settings.max_wait_ms,
+        ca = pki.worker.ca_cert.display(),
+        cert = pki.worker.cert.display(),
+        key = pki.worker.key.display(),
+    );
+    let path = dir.join("worker.toml");
+    std::fs::write(&path, text).expect("writing worker.toml");
+    let config = WorkerConfig::load(&path, &[]).expect("loading worker.toml");
+    Worker::start(&config).expect("starting the worker")
+}
+
+/// The `[remote]` section sending every frame to `worker`, authenticated as `identity`;
+/// `settings` holds further `[remote]` keys, one per line.
+fn remote_section(worker: SocketAddr, identity: &TlsPaths, settings: &str) -> String {
+    format!(
+        r#"
+[remote]
+routing = "remote"
+workers = ["{worker}"]
+{settings}
+[remote.tls]
+ca_cert = "{ca}"
+cert = "{cert}"
+key = "{key}"
+"#,
+        ca = identity.ca_cert.display(),
+        cert = identity.cert.display(),
+        key = identity.key.display(),
+    )
+}
+
+/// Runs the edge pipeline in-process on the config at `path`; returns the outcome and the records.
+fn run_edge(path: &Path, overrides: &[String]) -> (RunOutcome, Vec<Value>) {
+    let mut all: Vec<String> = NO_EXTRA_OUTPUTS.iter().map(|s| s.to_string()).collect();
+    all.extend_from_slice(overrides);
+    let config = EdgeConfig::load(path, &all).expect("loading edge.toml");
+    let outcome = edgeseg::pipeline::run(&config, Arc::new(AtomicBool::new(false))).expect("starting the edge pipeline");
+    let records = common::records(&config.output.dir);
+    (outcome, records)
+}
+
+fn kind(record: &Value) -> &str {
+    record["source"]["kind"].as_str().expect("every record has source.kind")
+}
+
+fn kinds(records: &[Value]) -> Vec<&str> {
+    records.iter().map(kind).collect()
+}
+
+/// The records are exactly frames 0..count, written in frame order.
+/// Run-length summary of the sources in frame order, e.g. "38 remote, 31 fallback, 81 remote".
+fn source_runs(kinds: &[&str]) -> String {
+    let mut runs: Vec<(usize, &str)> = Vec::new();
+    for kind in kinds {
+        match runs.last_mut() {
+            Some((count, last)) if last == kind => *count += 1,
+            _ => runs.push((1, kind)),
+        }
+    }
+    runs.iter().map(|(count, kind)| format!("{count} {kind}")).collect::<Vec<_>>().join(", ")
+}
+
+fn assert_complete_and_in_order(records: &[Value], count: usize) {
+    let orders: Vec<u64> = records.iter().map(|r| r["order"].as_u64().expect("every record has an order")).collect();
+    assert_eq!(orders, (0..count as u64).collect::<Vec<_>>(), "records must be frames 0..{count} in order");
+}
+
+fn assert_all_kind(records: &[Value], expected: &str) {
+    let wrong: Vec<&Value> = records.iter().filter(|r| kind(r) != expected).collect();
+    assert!(wrong.is_empty(), "every record should be {expected:?}; these are not: {wrong:#?}");
+}
+
+fn wait_until(what: &str, limit: Duration, condition: impl Fn() -> bool) {
+    let until = Instant::now() + limit;
+    while !condition() {
+        assert!(Instant::now() < until, "timed out after {limit:?} waiting until {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn all_frames_remote_return_in_order() {
+    let _serial = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dev_pki(&dir.path().join("pki"));
+    let worker = start_worker(dir.path(), &pki, &WorkerSettings::default());
+    let remote = remote_section(worker.local_addr, edge_identity(&pki), "deadline_ms = 5000");
+    let config = common::edge_config(dir.path(), &common::short_video(), &remote);
+
+    let (outcome, records) = run_edge(&config, &[]);
+    let answered = worker.stats.answered.load(Ordering::Relaxed);
+    worker.shutdown();
+
+    assert!(outcome.error.is_none(), "run failed: {:?}", outcome.error);
+    assert_eq!(outcome.summary.error, None);
+    assert_eq!(records.len(), common::SHORT_VIDEO_FRAMES);
+    assert_complete_and_in_order(&records, common::SHORT_VIDEO_FRAMES);
+    assert_all_kind(&records, "remote");
+    for r in &records {
+        assert!(r["source"]["batch_size"].as_u64().is_some_and(|b| b >= 1), "remote record without batch size: {r}");
+        assert!(r["source"]["worker"].is_string(), "remote record without worker: {r}");
+    }
+    assert_eq!(answered, common::SHORT_VIDEO_FRAMES as u64);
+}
+
+#[test]
+fn worker_killed_and_restarted_loses_no_frame() {
+    // 6 s at 20 frames/s: long enough to kill and restart the worker mid-stream, light enough
+    // that a busy 2-core machine still meets the 300 ms deadline around the gap.
+    const FRAMES: usize = 120;
+    let _serial = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dev_pki(&dir.path().join("pki"));
+    let settings = WorkerSettings { listen: format!("127.0.0.1:{}", free_udp_port()), ..WorkerSettings::default() };
+    let worker = start_worker(dir.path(), &pki, &settings);
+    let remote = remote_section(
+        worker.local_addr,
+        edge_identity(&pki),
+        "deadline_ms = 300\nreconnect_min_ms = 50\nreconnect_max_ms = 200\nconnect_timeout_ms = 500",
+    );
+    let config = common::edge_config(dir.path(), &common::short_video(), &remote);
+    // A live test source; edge_config sets `live = "replay"`, so nothing is dropped when the edge lags.
+    let testsrc: Vec<String> = vec![
+        format!("ingest.pipeline={}", common::fixtures().join("pipelines/testsrc.pipeline").display()),
+        "ingest.params.pattern=smpte".into(),
+        // Quoted: pipeline parameters are strings, and an override value is parsed as TOML.
+        r#"ingest.params.width="160""#.into(),
+        r#"ingest.params.height="120""#.into(),
+        r#"ingest.params.framerate="20/1""#.into(),
+        format!(r#"ingest.params.num_buffers="{FRAMES}""#),
+    ];
+    let edge = std::thread::spawn(move || run_edge(&config, &testsrc));
+
+    // Kill the worker once the stream is flowing through it, not while the edge is starting.
+    wait_until("the worker answered a frame", Duration::from_secs(60), || {
+        worker.stats.answered.load(Ordering::Relaxed) > 0 || edge.is_finished()
+    });
+    assert!(!edge.is_finished(), "the edge run ended before the worker answered anything");
+    std::thread::sleep(Duration::from_millis(1200));
+    let answered_before_kill = worker.stats.answered.load(Ordering::Relaxed);
+    worker.shutdown();
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(!edge.is_finished(), "the stream ended before the worker came back; it is too short for this machine");
+    let worker = start_worker(dir.path(), &pki, &settings);
+    let (outcome, records) = edge.join().expect("edge thread");
+    let answered_after_restart = worker.stats.answered.load(Ordering::Relaxed);
+    worker.shutdown();
+
+    assert!(outcome.error.is_none(), "run failed: {:?}", outcome.error);
+    let summary = &outcome.summary;
+    assert_eq!(summary.frames_in, FRAMES as u64, "the test source delivers every frame");
+    assert_eq!(summary.dropped, 0);
+    assert_eq!(records.len(), FRAMES, "one record per frame: none lost");
+    assert_complete_and_in_order(&records, FRAMES);
+
+    let kinds = kinds(&records);
+    let runs = source_runs(&kinds);
+    let mut fallback_reasons: Vec<&str> = records.iter().filter_map(|r| r["source"]["reason"].as_str()).collect();
+    fallback_reasons.dedup();
+    eprintln!("sources in frame order: {runs}\nfallback reasons: {fallback_reasons:#?}");
+    let first_remote = kinds.iter().position(|k| *k == "remote").unwrap_or_else(|| panic!("frames went remote before the kill: {runs}"));
+    // The gap starts with the first later frame that found no worker connected (a busy machine
+    // may also let frames miss their deadline, before the kill or after the restart).
+    let gap = (first_remote..records.len())
+        .find(|&i| records[i]["source"]["reason"].as_str().is_some_and(|reason| reason.contains("no remote worker connected")))
+        .unwrap_or_else(|| panic!("frames fall back while the worker is down: {runs}\nfallback reasons: {fallback_reasons:#?}"));
+    assert!(kinds[gap..].contains(&"remote"), "frames go remote again after the restart: {runs}\nfallback reasons: {fallback_reasons:#?}");
+    assert!(kinds.iter().all(|k| *k == "remote" || *k == "fallback"), "{runs}");
+    assert!(answered_before_kill > 0 && answered_after_restart > 0, "both workers answered ({answered_before_kill}, {answered_after_restart})");
+}
+
+#[test]
+fn unreachable_worker_falls_back_with_warning() {
+    let _serial = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dev_pki(&dir.path().join("pki"));
+    let nobody: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
+    let remote = remote_section(nobody, edge_identity(&pki), "deadline_ms = 500\nconnect_timeout_ms = 300");
+    let config = common::edge_config(dir.path(), &common::short_video(), &remote);
+
+    let config_arg = config.display().to_string();
+    let mut args = vec!["run", "--config", &config_arg];
+    for o in NO_EXTRA_OUTPUTS {
+        args.extend(["--set", o]);
+    }
+    let run = common::run_edge(&args);
+
+    assert!(run.status.success(), "edgeseg run failed: {:?}\nstderr:\n{}", run.status, run.stderr);
+    assert!(
+        run.stderr.contains("cannot reach remote worker") || run.stderr.contains("no remote worker reachable"),
+        "stderr should warn that the worker cannot be reached:\n{}",
+        run.stderr
+    );
+    let records = common::records(&dir.path().join("out"));
+    assert_eq!(records.len(), common::SHORT_VIDEO_FRAMES);
+    assert_complete_and_in_order(&records, common::SHORT_VIDEO_FRAMES);
+    assert_all_kind(&records, "fallback");
+}
+
+#[test]
+fn client_with_foreign_certificate_is_refused() {
+    let _serial = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dev_pki(&dir.path().join("pki"));
+    let foreign = dev_pki(&dir.path().join("foreign-pki"));
+    let worker = start_worker(dir.path(), &pki, &WorkerSettings::default());
+    // The edge trusts the real worker, but its own certificate was signed by another CA.
+    let identity = TlsPaths { ca_cert: pki.ca.clone(), ..edge_identity(&foreign).clone() };
+    let remote = remote_section(worker.local_addr, &identity, "deadline_ms = 1000\nconnect_timeout_ms = 1000");
+    let config = common::edge_config(dir.path(), &common::short_video(), &remote);
+
+    let (outcome, records) = run_edge(&config, &[]);
+    let handshake_failures = worker.stats.handshake_failures.load(Ordering::Relaxed);
+    let answered = worker.stats.answered.load(Ordering::Relaxed);
+    worker.shutdown();
+
+    assert!(outcome.error.is_none(), "run failed: {:?}", outcome.error);
+    assert_eq!(records.len(), common::SHORT_VIDEO_FRAMES);
+    assert_complete_and_in_order(&records, common::SHORT_VIDEO_FRAMES);
+    assert_all_kind(&records, "fallback");
+    assert_eq!(answered, 0, "the worker must not answer a client it does not trust");
+    assert!(handshake_failures > 0, "the worker refuses the foreign client at the handshake");
+}
+
+/// Sends `bytes` on a fresh stream of `connection` and decodes the worker's answer.
+async fn exchange_raw(connection: &quinn::Connection, bytes: &[u8]) -> Response {
+    let (mut send, mut recv) = connection.open_bi().await.expect("opening a stream");
+    send.write_all(bytes).await.expect("sending");
+    send.finish().expect("finishing the stream");
+    let reply = recv.read_to_end(64 << 20).await.expect("reading the reply");
+    let (prefix, body) = reply.split_at(proto::LENGTH_PREFIX_BYTES);
+    let limits = Limits::default();
+    let len = proto::body_length(prefix.try_into().unwrap(), &limits).expect("reply length");
+    assert_eq!(len, body.len(), "reply length prefix matches its body");
+    proto::decode_response(body, &limits).expect("the reply decodes")
+}
+
+fn assert_protocol_error(response: &Response, what: &str) {
+    match &response.body {
+        ResponseBody::Error { code: ErrorCode::Protocol, .. } => {}
+        other => panic!("{what}: expected a protocol error, got {other:?}"),
+    }
+}
+
+#[test]
+fn malformed_and_oversized_messages_close_only_their_stream() {
+    let _serial = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dev_pki(&dir.path().join("pki"));
+    let worker = start_worker(dir.path(), &pki, &WorkerSettings { max_message_mib: 1, ..WorkerSettings::default() });
+    let client_config = edgeseg::remote::tls::client_config(edge_identity(&pki)).expect("client TLS config");
+
+    let (width, height) = (160u32, 120u32);
+    let bgr: Vec<u8> = (0..width * height).flat_map(|i| [(i % 256) as u8, (i / 160) as u8, 128]).collect();
+    let image = edgeseg::remote::image::encode(&bgr, width, height, ImageEncoding::Jpeg, 90).expect("JPEG encoding");
+    let request = Request { frame_id: 7, deadline_ms: 10_000, model: "large".into(), width, height, encoding: ImageEncoding::Jpeg, image };
+    let mut valid = Vec::new();
+    proto::encode_request(&request, &mut valid).expect("encoding the request");
+
+    let junk = b"this is not an edgeseg message";
+    let mut garbage = (junk.len() as u32).to_be_bytes().to_vec();
+    garbage.extend_from_slice(junk);
+    // One byte over the worker's 1 MiB limit; the body is never sent, the prefix alone must be refused.
+    let oversized = ((1u32 << 20) + 1).to_be_bytes().to_vec();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let (garbage_reply, oversized_reply, valid_reply, still_open) = runtime.block_on(async {
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).expect("client endpoint");
+        endpoint.set_default_client_config(client_config);
+        let connection = endpoint.connect(worker.local_addr, "localhost").expect("connecting").await.expect("handshake");
+        let garbage_reply = exchange_raw(&connection, &garbage).await;
+        let oversized_reply = exchange_raw(&connection, &oversized).await;
+        let valid_reply = exchange_raw(&connection, &valid).await;
+        let still_open = connection.close_reason().is_none();
+        connection.close(0u32.into(), b"done");
+        endpoint.wait_idle().await;
+        (garbage_reply, oversized_reply, valid_reply, still_open)
+    });
+    let protocol_errors = worker.stats.protocol_errors.load(Ordering::Relaxed);
+    worker.shutdown();
+
+    assert_protocol_error(&garbage_reply, "junk body");
+    assert_protocol_error(&oversized_reply, "length prefix over max_message_mib");
+    assert!(still_open, "bad streams must not close the connection");
+    assert_eq!(valid_reply.frame_id, 7);
+    match valid_reply.body {
+        ResponseBody::Mask(mask) => {
+            assert_eq!((mask.width, mask.height), (width, height));
+            assert_eq!(mask.class_map.len(), (width * height) as usize);
+        }
+        other => panic!("a valid request on the same connection gets a mask, got {other:?}"),
+    }
+    assert_eq!(protocol_errors, 2);
+}
+
+#[test]
+fn several_edge_clients_get_batches_larger_than_one() {
+    const EDGES: usize = 3;
+    let _serial = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dev_pki(&dir.path().join("pki"));
+    let worker = start_worker(dir.path(), &pki, &WorkerSettings { max_batch: 4, max_wait_ms: 30, ..WorkerSettings::default() });
+    let remote = remote_section(worker.local_addr, edge_identity(&pki), "deadline_ms = 10000\nmax_in_flight = 8");
+    let configs: Vec<PathBuf> = (0..EDGES)
+        .map(|i| {
+            let edge_dir = dir.path().join(format!("edge-{i}"));
+            std::fs::create_dir_all(&edge_dir).unwrap();
+            common::edge_config(&edge_dir, &common::short_video(), &remote)
+        })
+        .collect();
+
+    let runs: Vec<_> = configs.into_iter().map(|config| std::thread::spawn(move || run_edge(&config, &[]))).collect();
+    let results: Vec<(RunOutcome, Vec<Value>)> = runs.into_iter().map(|r| r.join().expect("edge thread")).collect();
+    let batch_sizes = worker.batch_sizes();
+    worker.shutdown();
+
+    for (i, (outcome, records)) in results.iter().enumerate() {
+        assert!(outcome.error.is_none(), "edge {i} failed: {:?}", outcome.error);
+        assert_eq!(records.len(), common::SHORT_VIDEO_FRAMES, "edge {i}");
+        assert_complete_and_in_order(records, common::SHORT_VIDEO_FRAMES);
+        assert_all_kind(records, "remote");
+    }
+    let largest_recorded = results
+        .iter()
+        .flat_map(|(_, records)| records.iter())
+        .filter_map(|r| r["source"]["batch_size"].as_u64())
+        .max()
+        .unwrap_or(0);
+    assert!(largest_recorded > 1, "some frame shared its batch; largest batch in the records: {largest_recorded}");
+    assert!(batch_sizes.keys().any(|&size| size > 1), "worker batch sizes: {batch_sizes:?}");
+}
