@@ -20,7 +20,9 @@ test: setup
 bench: bench-pipeline bench-transport
 
 bench-pipeline: build
-	target/release/edgeseg bench pipeline --config config/edge.toml --out out/bench
+	target/release/edgeseg bench pipeline --config config/edge.toml --input fixtures/bench.mp4 --out out/bench
+	target/release/edgeseg bench pipeline --config config/edge.toml --input fixtures/bench.mp4 --out out/bench \
+	  --set model.manifest=../models/large.toml
 
 bench-transport: build
 	target/release/edgeseg bench transport

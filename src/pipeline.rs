@@ -77,6 +77,8 @@ pub struct RunSummary {
     pub by_source: BTreeMap<&'static str, u64>,
     pub wall_s: f64,
     pub fps: f64,
+    /// Rate between the first and the last frame out: what the pipeline sustains once started.
+    pub steady_fps: f64,
     pub latency: BTreeMap<String, Percentiles>,
     pub queues: Vec<QueueReport>,
     pub remote: Option<RemoteHealthSnapshot>,
@@ -282,6 +284,7 @@ pub fn run(config: &EdgeConfig, stop: Arc<AtomicBool>) -> Result<RunOutcome, Pip
     let _ = monitor.1.join();
     let wall_s = started.elapsed().as_secs_f64();
 
+    let steady_fps = report.steady_fps();
     let mut error = first_error.slot.lock().expect("error slot lock").take();
     if error.is_none() {
         error = report.error.map(PipelineError::from);
@@ -294,6 +297,7 @@ pub fn run(config: &EdgeConfig, stop: Arc<AtomicBool>) -> Result<RunOutcome, Pip
         by_source: report.by_source,
         wall_s,
         fps: report.frames_out as f64 / wall_s.max(1e-9),
+        steady_fps,
         latency: report.latencies.summary(),
         queues: queues.report(),
         remote: (config.remote.routing != Routing::Local).then(|| health.snapshot()),

@@ -127,8 +127,12 @@ impl Model {
             .commit_from_file(&manifest.onnx)
             .map_err(|e| load_err(e.to_string()))?;
         let max_batch = check_against_manifest(&session, &manifest)?;
-        tracing::info!(model = %manifest.name, onnx = %manifest.onnx.display(), max_batch, "model loaded");
-        Ok(Model { manifest, session, max_batch })
+        let mut model = Model { manifest, session, max_batch };
+        // ONNX Runtime allocates and tunes on the first run; pay that now, not on the first frame.
+        let zeros = vec![0f32; model.input_len()];
+        model.run(&zeros, 1)?;
+        tracing::info!(model = %model.manifest.name, onnx = %model.manifest.onnx.display(), max_batch, "model loaded");
+        Ok(model)
     }
 
     /// Size of one preprocessed image in the input tensor.

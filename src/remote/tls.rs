@@ -258,10 +258,8 @@ pub fn server_config(paths: &TlsPaths) -> Result<quinn::ServerConfig, TlsError> 
     let quic =
         QuicServerConfig::try_from(tls).map_err(|error| TlsError::Quic(error.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    let mut transport = quinn::TransportConfig::default();
+    let mut transport = transport_config(SERVER_KEEP_ALIVE, SERVER_IDLE_TIMEOUT);
     transport
-        .keep_alive_interval(Some(SERVER_KEEP_ALIVE))
-        .max_idle_timeout(Some(idle_timeout(SERVER_IDLE_TIMEOUT)))
         .max_concurrent_bidi_streams(quinn::VarInt::from_u32(SERVER_MAX_CONCURRENT_BIDI_STREAMS));
     config.transport_config(Arc::new(transport));
     Ok(config)
@@ -304,12 +302,25 @@ fn finish_client_config(mut tls: rustls::ClientConfig) -> Result<quinn::ClientCo
     let quic =
         QuicClientConfig::try_from(tls).map_err(|error| TlsError::Quic(error.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
-    let mut transport = quinn::TransportConfig::default();
-    transport
-        .keep_alive_interval(Some(CLIENT_KEEP_ALIVE))
-        .max_idle_timeout(Some(idle_timeout(CLIENT_IDLE_TIMEOUT)));
-    config.transport_config(Arc::new(transport));
+    config.transport_config(Arc::new(transport_config(CLIENT_KEEP_ALIVE, CLIENT_IDLE_TIMEOUT)));
     Ok(config)
+}
+
+/// Largest UDP payload path-MTU discovery may probe for. Frames are tens to hundreds of KB, so
+/// packet count dominates cost; on jumbo-frame links between a camera and its server (and on
+/// loopback) bigger datagrams mean far fewer packets, and where the path does not carry them the
+/// probes simply fail and QUIC stays at its 1452-byte default.
+const MTU_UPPER_BOUND: u16 = 8952;
+
+fn transport_config(keep_alive: Duration, idle: Duration) -> quinn::TransportConfig {
+    let mut transport = quinn::TransportConfig::default();
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(MTU_UPPER_BOUND);
+    transport
+        .keep_alive_interval(Some(keep_alive))
+        .max_idle_timeout(Some(idle_timeout(idle)))
+        .mtu_discovery_config(Some(mtu));
+    transport
 }
 
 fn crypto_provider() -> Arc<CryptoProvider> {

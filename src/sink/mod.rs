@@ -187,6 +187,19 @@ pub struct SinkReport {
     pub written: Written,
     /// Set when an output failed; the frames before it were written.
     pub error: Option<SinkError>,
+    /// When the first and the last frame left, for the steady-state rate (start-up excluded).
+    pub first_out: Option<std::time::Instant>,
+    pub last_out: Option<std::time::Instant>,
+}
+
+impl SinkReport {
+    /// Frames per second between the first and the last frame out.
+    pub fn steady_fps(&self) -> f64 {
+        match (self.first_out, self.last_out) {
+            (Some(first), Some(last)) if self.frames_out > 1 && last > first => (self.frames_out - 1) as f64 / (last - first).as_secs_f64(),
+            _ => 0.0,
+        }
+    }
 }
 
 pub struct Sink {
@@ -251,6 +264,9 @@ impl Sink {
     }
 
     fn account(&mut self, item: &Segmented) {
+        let now = std::time::Instant::now();
+        self.report.first_out.get_or_insert(now);
+        self.report.last_out = Some(now);
         self.report.frames_out += 1;
         *self.report.by_source.entry(item.source.label()).or_default() += 1;
         let total_ms = item.frame.captured_at.elapsed().as_secs_f64() * 1000.0;
@@ -302,7 +318,7 @@ impl Sink {
         }
         let Some(writer) = self.overlay.as_mut() else { return Ok(()) };
         let blended = blend(&item.frame.bgr, &item.class_map, &self.palette, self.settings.overlay_alpha);
-        writer.push(&blended, item.frame.width, item.frame.height, item.frame.pts)
+        writer.push(blended, item.frame.width, item.frame.height, item.frame.pts)
     }
 
     fn finish(mut self) -> SinkReport {

@@ -53,7 +53,8 @@ impl OverlayWriter {
         Ok(OverlayWriter { path: path.to_path_buf(), pipeline, appsrc, width, height, last_pts: None, pushed: 0 })
     }
 
-    pub fn push(&mut self, bgr: &[u8], width: u32, height: u32, pts: Option<Duration>) -> Result<(), SinkError> {
+    /// Takes the blended frame by value: it becomes the GStreamer buffer without a copy.
+    pub fn push(&mut self, bgr: Vec<u8>, width: u32, height: u32, pts: Option<Duration>) -> Result<(), SinkError> {
         let err = |message: String| SinkError::Overlay { path: self.path.clone(), message };
         if (width, height) != (self.width, self.height) {
             // The encoder's caps are fixed at the first frame; a size change mid-stream is skipped, not fatal.
@@ -71,7 +72,7 @@ impl OverlayWriter {
                 pts = last + gst::ClockTime::from_nseconds(FALLBACK_FRAME_NS);
             }
         }
-        let mut buffer = gst::Buffer::from_slice(bgr.to_vec());
+        let mut buffer = gst::Buffer::from_mut_slice(bgr);
         if let Some(b) = buffer.get_mut() {
             b.set_pts(pts);
         }
