@@ -180,7 +180,12 @@ impl Transport for Tcp {
     }
 }
 
-async fn measure<T: Transport>(transport: Arc<T>, request: Arc<Vec<u8>>, frames: usize, concurrency: usize) -> Result<TransportResult, String> {
+async fn measure<T: Transport>(
+    transport: Arc<T>,
+    request: Arc<Vec<u8>>,
+    frames: usize,
+    concurrency: usize,
+) -> Result<TransportResult, String> {
     for _ in 0..5 {
         transport.round_trip(request.clone()).await?;
     }
@@ -277,7 +282,8 @@ pub fn transport(frames: usize, sizes: &[String], concurrency: usize) -> Result<
     let server_runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().map_err(|e| setup(&e))?;
     let (quic_addr, tcp_addr, server) = {
         let _inside = server_runtime.enter();
-        let server = quinn::Endpoint::server(crate::remote::tls::server_config(&pki.worker)?, "127.0.0.1:0".parse().expect("literal")).map_err(|e| setup(&e))?;
+        let server = quinn::Endpoint::server(crate::remote::tls::server_config(&pki.worker)?, "127.0.0.1:0".parse().expect("literal"))
+            .map_err(|e| setup(&e))?;
         let quic_addr = server.local_addr().map_err(|e| setup(&e))?;
         server_runtime.spawn(quic_server(server.clone()));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| setup(&e))?;
@@ -304,15 +310,27 @@ pub fn transport(frames: usize, sizes: &[String], concurrency: usize) -> Result<
         }
         let tcp = Arc::new(Tcp { connections, next: Default::default() });
 
-        println!("bench transport: {frames} sequential round trips per size, then {concurrency} in flight for {} s, loopback", THROUGHPUT_WINDOW.as_secs());
+        println!(
+            "bench transport: {frames} sequential round trips per size, then {concurrency} in flight for {} s, loopback",
+            THROUGHPUT_WINDOW.as_secs()
+        );
         println!(
             "  {:>9} {:>8} | {:>9} {:>9} {:>8} | {:>9} {:>9} {:>8} | {:>9} {:>9}",
             "size", "bytes", "quic p50", "quic p99", "quic f/s", "tcp p50", "tcp p99", "tcp f/s", "rtt ratio", "tput ratio"
         );
         let (mut rtt_ratios, mut tput_ratios) = (Vec::new(), Vec::new());
         for (i, (w, h)) in sizes.into_iter().enumerate() {
-            let image = crate::remote::image::encode(&synthetic_frame(w, h), w, h, ImageEncoding::Jpeg, 90).map_err(|e| BenchError::Setup(e.to_string()))?;
-            let request = Request { frame_id: 1, deadline_ms: 10_000, model: "large".into(), width: w, height: h, encoding: ImageEncoding::Jpeg, image };
+            let image = crate::remote::image::encode(&synthetic_frame(w, h), w, h, ImageEncoding::Jpeg, 90)
+                .map_err(|e| BenchError::Setup(e.to_string()))?;
+            let request = Request {
+                frame_id: 1,
+                deadline_ms: 10_000,
+                model: "large".into(),
+                width: w,
+                height: h,
+                encoding: ImageEncoding::Jpeg,
+                image,
+            };
             let mut bytes = Vec::new();
             proto::encode_request(&request, &mut bytes).map_err(|e| BenchError::Setup(e.to_string()))?;
             let bytes = Arc::new(bytes);

@@ -80,7 +80,9 @@ fn scalar_strings<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<Str
             toml::Value::Integer(i) => Ok((k, i.to_string())),
             toml::Value::Float(f) => Ok((k, f.to_string())),
             toml::Value::Boolean(b) => Ok((k, b.to_string())),
-            other => Err(serde::de::Error::custom(format!("ingest.params.{k} must be a string, number or boolean, not {}", other.type_str()))),
+            other => {
+                Err(serde::de::Error::custom(format!("ingest.params.{k} must be a string, number or boolean, not {}", other.type_str())))
+            }
         })
         .collect()
 }
@@ -209,48 +211,92 @@ pub struct WorkerConfig {
     pub max_message_mib: usize,
 }
 
-fn default_liveness() -> Liveness { Liveness::Auto }
-fn default_intra_threads() -> usize { 2 }
-fn default_inter_threads() -> usize { 1 }
-fn default_optimization() -> Optimization { Optimization::All }
-fn default_queue_capacity() -> usize { 4 }
-fn default_reorder_window() -> usize { 256 }
+fn default_liveness() -> Liveness {
+    Liveness::Auto
+}
+fn default_intra_threads() -> usize {
+    2
+}
+fn default_inter_threads() -> usize {
+    1
+}
+fn default_optimization() -> Optimization {
+    Optimization::All
+}
+fn default_queue_capacity() -> usize {
+    4
+}
+fn default_reorder_window() -> usize {
+    256
+}
 fn default_pipeline() -> PipelineConfig {
     PipelineConfig { queue_capacity: default_queue_capacity(), reorder_window: default_reorder_window() }
 }
-fn yes() -> bool { true }
-fn default_alpha() -> f32 { 0.5 }
+fn yes() -> bool {
+    true
+}
+fn default_alpha() -> f32 {
+    0.5
+}
 fn default_overlay_encoder() -> String {
     "videoconvert ! openh264enc ! h264parse ! mp4mux".to_string()
 }
-fn default_routing() -> Routing { Routing::Local }
-fn default_every_nth() -> u64 { 2 }
-fn default_server_name() -> String { "localhost".to_string() }
-fn default_remote_model() -> String { "large".to_string() }
-fn default_deadline_ms() -> u32 { 500 }
-fn default_max_in_flight() -> usize { 8 }
-fn default_image_encoding() -> ImageEncodingChoice { ImageEncodingChoice::Jpeg }
-fn default_jpeg_quality() -> i32 { 90 }
-fn default_connect_timeout_ms() -> u64 { 1000 }
-fn default_backoff_min_ms() -> u64 { 100 }
-fn default_backoff_max_ms() -> u64 { 5000 }
-fn default_max_batch() -> usize { 4 }
-fn default_max_wait_ms() -> u64 { 5 }
-fn default_max_queue() -> usize { 64 }
-fn default_max_message_mib() -> usize { 16 }
+fn default_routing() -> Routing {
+    Routing::Local
+}
+fn default_every_nth() -> u64 {
+    2
+}
+fn default_server_name() -> String {
+    "localhost".to_string()
+}
+fn default_remote_model() -> String {
+    "large".to_string()
+}
+fn default_deadline_ms() -> u32 {
+    500
+}
+fn default_max_in_flight() -> usize {
+    8
+}
+fn default_image_encoding() -> ImageEncodingChoice {
+    ImageEncodingChoice::Jpeg
+}
+fn default_jpeg_quality() -> i32 {
+    90
+}
+fn default_connect_timeout_ms() -> u64 {
+    1000
+}
+fn default_backoff_min_ms() -> u64 {
+    100
+}
+fn default_backoff_max_ms() -> u64 {
+    5000
+}
+fn default_max_batch() -> usize {
+    4
+}
+fn default_max_wait_ms() -> u64 {
+    5
+}
+fn default_max_queue() -> usize {
+    64
+}
+fn default_max_message_mib() -> usize {
+    16
+}
 
 /// Reads a TOML file, applies `section.key=value` overrides (from CLI flags) on the raw table,
 /// then deserializes, so that overrides go through exactly the same checks as the file.
 fn load_toml<T: DeserializeOwned>(path: &Path, overrides: &[String]) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-    let mut table: toml::Table = toml::from_str(&text)
-        .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    let mut table: toml::Table =
+        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
     for item in overrides {
         apply_override(&mut table, item)?;
     }
-    T::deserialize(toml::Value::Table(table))
-        .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })
+    T::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })
 }
 
 /// `ingest.params.location=/x.mp4` → sets that key; the value is parsed as TOML when it is a
@@ -267,9 +313,7 @@ pub fn apply_override(table: &mut toml::Table, item: &str) -> Result<(), ConfigE
         .unwrap_or_else(|| toml::Value::String(raw.to_string()));
     let mut cursor = table;
     for part in &parts[..parts.len() - 1] {
-        let entry = cursor
-            .entry(part.to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let entry = cursor.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
         cursor = entry.as_table_mut().ok_or_else(|| ConfigError::BadOverride(item.to_string()))?;
     }
     cursor.insert(parts[parts.len() - 1].to_string(), value);
@@ -302,7 +346,12 @@ impl Checker<'_> {
 
     fn tls(&self, section: &str, t: &TlsPaths) -> Result<(), ConfigError> {
         for (name, p) in [("ca_cert", &t.ca_cert), ("cert", &t.cert), ("key", &t.key)] {
-            self.check(p.is_file(), &format!("{section}.{name}"), p.display(), "does not exist (run `edgeseg certs` for a development PKI)")?;
+            self.check(
+                p.is_file(),
+                &format!("{section}.{name}"),
+                p.display(),
+                "does not exist (run `edgeseg certs` for a development PKI)",
+            )?;
         }
         Ok(())
     }
@@ -358,11 +407,26 @@ impl EdgeConfig {
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let c = Checker { path };
-        c.check(self.ingest.pipeline.is_file(), "ingest.pipeline", self.ingest.pipeline.display(), "does not exist (see pipelines/ for ready descriptions)")?;
+        c.check(
+            self.ingest.pipeline.is_file(),
+            "ingest.pipeline",
+            self.ingest.pipeline.display(),
+            "does not exist (see pipelines/ for ready descriptions)",
+        )?;
         c.check(self.model.manifest.is_file(), "model.manifest", self.model.manifest.display(), "does not exist (see models/*.toml)")?;
         c.session("model", &self.model)?;
-        c.check((1..=1024).contains(&self.pipeline.queue_capacity), "pipeline.queue_capacity", self.pipeline.queue_capacity, "is outside 1..=1024")?;
-        c.check((1..=100_000).contains(&self.pipeline.reorder_window), "pipeline.reorder_window", self.pipeline.reorder_window, "is outside 1..=100000")?;
+        c.check(
+            (1..=1024).contains(&self.pipeline.queue_capacity),
+            "pipeline.queue_capacity",
+            self.pipeline.queue_capacity,
+            "is outside 1..=1024",
+        )?;
+        c.check(
+            (1..=100_000).contains(&self.pipeline.reorder_window),
+            "pipeline.reorder_window",
+            self.pipeline.reorder_window,
+            "is outside 1..=100000",
+        )?;
         c.check((0.0..=1.0).contains(&self.output.overlay_alpha), "output.overlay_alpha", self.output.overlay_alpha, "is outside 0..=1")?;
         c.check(!self.output.overlay_encoder.trim().is_empty(), "output.overlay_encoder", "\"\"", "is empty")?;
         let r = &self.remote;
@@ -370,10 +434,20 @@ impl EdgeConfig {
         c.check((1..=600_000).contains(&r.deadline_ms), "remote.deadline_ms", r.deadline_ms, "is outside 1..=600000")?;
         c.check((1..=1024).contains(&r.max_in_flight), "remote.max_in_flight", r.max_in_flight, "is outside 1..=1024")?;
         c.check((1..=100).contains(&r.jpeg_quality), "remote.jpeg_quality", r.jpeg_quality, "is outside 1..=100")?;
-        c.check(r.reconnect_min_ms >= 1 && r.reconnect_min_ms <= r.reconnect_max_ms, "remote.reconnect_min_ms", r.reconnect_min_ms, "must be at least 1 and at most remote.reconnect_max_ms")?;
+        c.check(
+            r.reconnect_min_ms >= 1 && r.reconnect_min_ms <= r.reconnect_max_ms,
+            "remote.reconnect_min_ms",
+            r.reconnect_min_ms,
+            "must be at least 1 and at most remote.reconnect_max_ms",
+        )?;
         c.check(r.connect_timeout_ms >= 1, "remote.connect_timeout_ms", r.connect_timeout_ms, "must be at least 1")?;
         for w in &r.workers {
-            c.check(w.parse::<SocketAddr>().is_ok() || w.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()), "remote.workers", w, "is not host:port")?;
+            c.check(
+                w.parse::<SocketAddr>().is_ok() || w.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()),
+                "remote.workers",
+                w,
+                "is not host:port",
+            )?;
         }
         if r.routing != Routing::Local {
             c.check(!r.workers.is_empty(), "remote.workers", "[]", "is empty but remote.routing sends frames to a worker")?;

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::bounded;
+use crossbeam_channel::{bounded, Receiver, Sender};
 use serde::Serialize;
 
 use crate::config::{EdgeConfig, Routing};
@@ -114,6 +114,29 @@ fn stage<F: FnOnce() + Send + 'static>(name: &'static str, f: F) -> (&'static st
     (name, std::thread::Builder::new().name(name.to_string()).spawn(f).expect("spawning a pipeline stage thread"))
 }
 
+/// A stage that turns each message into one for the next stage. A failure is recorded and
+/// stops intake; the stage keeps draining so the frames behind it still come out.
+fn map_stage<I: Send + 'static, O: Send + 'static>(
+    name: &'static str,
+    input: Receiver<I>,
+    output: Sender<O>,
+    errors: FirstError,
+    mut transform: impl FnMut(I) -> Result<O, PipelineError> + Send + 'static,
+) -> (&'static str, JoinHandle<()>) {
+    stage(name, move || {
+        for item in input {
+            match transform(item) {
+                Ok(out) => {
+                    if output.send(out).is_err() {
+                        break;
+                    }
+                }
+                Err(e) => errors.set(e),
+            }
+        }
+    })
+}
+
 fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0
 }
@@ -188,64 +211,35 @@ pub fn run(config: &EdgeConfig, stop: Arc<AtomicBool>) -> Result<RunOutcome, Pip
     drop(local_tx);
     drop(ingest.frames);
 
-    let errors = first_error.clone();
     let pre_manifest = manifest.clone();
-    threads.push(stage("preprocess", move || {
-        for mut job in local_rx {
-            let t = Instant::now();
-            let mut tensor = vec![0f32; 3 * (pre_manifest.input.width * pre_manifest.input.height) as usize];
-            match crate::infer::preprocess(&job.frame.bgr, job.frame.width, job.frame.height, &pre_manifest, &mut tensor) {
-                Ok(()) => {
-                    job.latency_ms.insert("preprocess", ms_since(t));
-                    if prepared_tx.send(Prepared { job, tensor }).is_err() {
-                        break;
-                    }
-                }
-                Err(e) => errors.set(e.into()),
-            }
-        }
+    threads.push(map_stage("preprocess", local_rx, prepared_tx, first_error.clone(), move |mut job: Job| {
+        let t = Instant::now();
+        let mut tensor = vec![0f32; 3 * (pre_manifest.input.width * pre_manifest.input.height) as usize];
+        crate::infer::preprocess(&job.frame.bgr, job.frame.width, job.frame.height, &pre_manifest, &mut tensor)?;
+        job.latency_ms.insert("preprocess", ms_since(t));
+        Ok(Prepared { job, tensor })
     }));
 
-    let errors = first_error.clone();
-    threads.push(stage("infer", move || {
-        for Prepared { mut job, tensor } in prepared_rx {
-            let t = Instant::now();
-            match model.run(&tensor, 1) {
-                Ok(logits) => {
-                    job.latency_ms.insert("infer", ms_since(t));
-                    if inferred_tx.send(Inferred { job, logits }).is_err() {
-                        break;
-                    }
-                }
-                Err(e) => errors.set(e.into()),
-            }
-        }
+    threads.push(map_stage("infer", prepared_rx, inferred_tx, first_error.clone(), move |Prepared { mut job, tensor }| {
+        let t = Instant::now();
+        let logits = model.run(&tensor, 1)?;
+        job.latency_ms.insert("infer", ms_since(t));
+        Ok(Inferred { job, logits })
     }));
 
-    let errors = first_error.clone();
-    threads.push(stage("postprocess", move || {
-        for Inferred { mut job, logits } in inferred_rx {
-            let t = Instant::now();
-            match logits.class_map(0, job.frame.width, job.frame.height) {
-                Ok(map) => {
-                    job.latency_ms.insert("postprocess", ms_since(t));
-                    let source = match job.fallback.take() {
-                        Some(reason) => MaskSource::Fallback { reason },
-                        None => MaskSource::Local,
-                    };
-                    if segmented_tx.send(job.into_segmented(map, source)).is_err() {
-                        break;
-                    }
-                }
-                Err(e) => errors.set(e.into()),
-            }
-        }
+    threads.push(map_stage("postprocess", inferred_rx, segmented_tx, first_error.clone(), |Inferred { mut job, logits }| {
+        let t = Instant::now();
+        let map = logits.class_map(0, job.frame.width, job.frame.height)?;
+        job.latency_ms.insert("postprocess", ms_since(t));
+        let source = match job.fallback.take() {
+            Some(reason) => MaskSource::Fallback { reason },
+            None => MaskSource::Local,
+        };
+        Ok(job.into_segmented(map, source))
     }));
 
-    let sink_thread = std::thread::Builder::new()
-        .name("sink".into())
-        .spawn(move || sink.run(segmented_rx))
-        .expect("spawning the sink thread");
+    let sink_thread =
+        std::thread::Builder::new().name("sink".into()).spawn(move || sink.run(segmented_rx)).expect("spawning the sink thread");
 
     // Queue depths are sampled while the run lasts; the control unit will read the same gauges.
     let monitor_done = Arc::new(AtomicBool::new(false));

@@ -78,10 +78,11 @@ fn replay_yields_one_record_per_frame_in_order_with_frame_sized_masks() {
 #[test]
 fn live_source_drops_oldest_when_the_consumer_is_slow_and_is_never_blocked() {
     common::fixtures();
-    let params: BTreeMap<String, String> = [("pattern", "ball"), ("width", "64"), ("height", "48"), ("framerate", "50/1"), ("num_buffers", "-1")]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let params: BTreeMap<String, String> =
+        [("pattern", "ball"), ("width", "64"), ("height", "48"), ("framerate", "50/1"), ("num_buffers", "-1")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
     let spec = PipelineSpec::from_file(&common::root().join("pipelines/testsrc.pipeline"), &params).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let ingest = edgeseg::ingest::spawn(spec, Liveness::Auto, 2, stop.clone()).unwrap();
@@ -197,7 +198,10 @@ fn pipeline_that_does_not_parse_or_lacks_an_appsink_is_a_clear_error() {
     let config = edge_config(dir.path(), &short_video(), "");
     let broken = dir.path().join("broken.pipeline");
     std::fs::write(&broken, "videotestsrc ! nosuchelement ! appsink\n").unwrap();
-    assert_fails_with(&run_config(&config, &["--pipeline", broken.to_str().unwrap()]), &["broken.pipeline", "does not parse", "nosuchelement"]);
+    assert_fails_with(
+        &run_config(&config, &["--pipeline", broken.to_str().unwrap()]),
+        &["broken.pipeline", "does not parse", "nosuchelement"],
+    );
     let no_sink = dir.path().join("nosink.pipeline");
     std::fs::write(&no_sink, "videotestsrc num-buffers=3 ! fakesink\n").unwrap();
     assert_fails_with(&run_config(&config, &["--pipeline", no_sink.to_str().unwrap()]), &["nosink.pipeline", "has no appsink"]);

@@ -69,6 +69,12 @@ impl Default for WorkerSettings {
 
 /// Writes `dir/worker.toml` serving models/large.toml as "large" and starts the worker in-process.
 fn start_worker(dir: &Path, pki: &GeneratedPki, settings: &WorkerSettings) -> Worker {
+    let path = write_worker_config(dir, pki, settings);
+    let config = WorkerConfig::load(&path, &[]).expect("loading worker.toml");
+    Worker::start(&config).expect("starting the worker")
+}
+
+fn write_worker_config(dir: &Path, pki: &GeneratedPki, settings: &WorkerSettings) -> PathBuf {
     let root = common::fixtures();
     let text = format!(
         r#"
@@ -95,8 +101,7 @@ key = "{key}"
     );
     let path = dir.join("worker.toml");
     std::fs::write(&path, text).expect("writing worker.toml");
-    let config = WorkerConfig::load(&path, &[]).expect("loading worker.toml");
-    Worker::start(&config).expect("starting the worker")
+    path
 }
 
 /// The `[remote]` section sending every frame to `worker`, authenticated as `identity`;
@@ -256,7 +261,10 @@ fn worker_killed_and_restarted_loses_no_frame() {
         .unwrap_or_else(|| panic!("frames fall back while the worker is down: {runs}\nfallback reasons: {fallback_reasons:#?}"));
     assert!(kinds[gap..].contains(&"remote"), "frames go remote again after the restart: {runs}\nfallback reasons: {fallback_reasons:#?}");
     assert!(kinds.iter().all(|k| *k == "remote" || *k == "fallback"), "{runs}");
-    assert!(answered_before_kill > 0 && answered_after_restart > 0, "both workers answered ({answered_before_kill}, {answered_after_restart})");
+    assert!(
+        answered_before_kill > 0 && answered_after_restart > 0,
+        "both workers answered ({answered_before_kill}, {answered_after_restart})"
+    );
 }
 
 #[test]
@@ -410,12 +418,35 @@ fn several_edge_clients_get_batches_larger_than_one() {
         assert_complete_and_in_order(records, common::SHORT_VIDEO_FRAMES);
         assert_all_kind(records, "remote");
     }
-    let largest_recorded = results
-        .iter()
-        .flat_map(|(_, records)| records.iter())
-        .filter_map(|r| r["source"]["batch_size"].as_u64())
-        .max()
-        .unwrap_or(0);
+    let largest_recorded =
+        results.iter().flat_map(|(_, records)| records.iter()).filter_map(|r| r["source"]["batch_size"].as_u64()).max().unwrap_or(0);
     assert!(largest_recorded > 1, "some frame shared its batch; largest batch in the records: {largest_recorded}");
     assert!(batch_sizes.keys().any(|&size| size > 1), "worker batch sizes: {batch_sizes:?}");
+}
+
+#[test]
+fn bad_worker_config_names_the_key_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dev_pki(dir.path());
+    let path = write_worker_config(dir.path(), &pki, &WorkerSettings::default());
+    let cases: &[(&str, &[&str])] = &[
+        ("listen=\"localhost\"", &["worker.toml", "listen = localhost", "ip:port"]),
+        ("batching.max_batch=0", &["batching.max_batch = 0", "1..=64"]),
+        ("tls.key=/nonexistent/worker.key", &["tls.key = /nonexistent/worker.key", "edgeseg certs"]),
+        ("models.large.manifest=/nonexistent.toml", &["models.large.manifest", "does not exist"]),
+        ("batching.max_wiat_ms=3", &["unknown field", "max_wiat_ms"]),
+    ];
+    for (set, needles) in cases {
+        let message = WorkerConfig::load(&path, &[set.to_string()]).expect_err(set).to_string();
+        for n in *needles {
+            assert!(message.contains(n), "{set}: {message:?} lacks {n:?}");
+        }
+    }
+    // The binary reports it and exits non-zero before listening.
+    let output = std::process::Command::new(common::bin())
+        .args(["worker", "--config", path.to_str().unwrap(), "--set", "batching.max_batch=0"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("batching.max_batch = 0"));
 }

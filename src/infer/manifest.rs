@@ -67,9 +67,7 @@ pub struct ModelManifest {
 
 /// Where real assets live: `$EDGESEG_ASSETS`, else `../shared/assets` beside the project.
 pub fn assets_dir() -> PathBuf {
-    std::env::var_os("EDGESEG_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/assets"))
+    std::env::var_os("EDGESEG_ASSETS").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/assets"))
 }
 
 impl ModelManifest {
@@ -88,7 +86,11 @@ impl ModelManifest {
     fn validate(&self) -> Result<(), ManifestError> {
         let bad = |key, value: String, problem| Err(ManifestError::Invalid { path: self.path.clone(), key, value, problem });
         if !self.onnx.is_file() {
-            return bad("onnx", self.onnx.display().to_string(), "does not exist (run scripts/fixtures or point it at a model in the assets folder)");
+            return bad(
+                "onnx",
+                self.onnx.display().to_string(),
+                "does not exist (run scripts/fixtures or point it at a model in the assets folder)",
+            );
         }
         if !(1..=4096).contains(&self.input.width) {
             return bad("input.width", self.input.width.to_string(), "is outside 1..=4096");

@@ -67,11 +67,7 @@ fn environment() -> Result<&'static ort::environment::Environment, InferError> {
             return Err(InferError::RuntimeMissing { tried });
         };
         let load_err = |message: String| InferError::RuntimeLoad { path: path.clone(), message };
-        ort::init_from(path)
-            .map_err(|e| load_err(e.to_string()))?
-            .with_name("edgeseg")
-            .build()
-            .map_err(|e| load_err(e.to_string()))
+        ort::init_from(path).map_err(|e| load_err(e.to_string()))?.with_name("edgeseg").build().map_err(|e| load_err(e.to_string()))
     });
     match result {
         Ok(env) => Ok(env),
@@ -148,10 +144,8 @@ impl Model {
             return Err(run_err(format!("batch of {batch} with {} values does not fit the model", input.len())));
         }
         let tensor = TensorRef::from_array_view(([batch, 3, h, w], input)).map_err(|e| run_err(e.to_string()))?;
-        let mut outputs = self
-            .session
-            .run(ort::inputs![self.manifest.input.name.as_str() => tensor])
-            .map_err(|e| run_err(e.to_string()))?;
+        let mut outputs =
+            self.session.run(ort::inputs![self.manifest.input.name.as_str() => tensor]).map_err(|e| run_err(e.to_string()))?;
         let value = outputs.remove(&self.manifest.output.name).ok_or_else(|| run_err("output missing".into()))?;
         Logits::new(value, batch, self.manifest.output.classes.len()).map_err(run_err)
     }
@@ -161,12 +155,15 @@ impl Model {
 fn check_against_manifest(session: &Session, m: &ModelManifest) -> Result<usize, InferError> {
     let mismatch = |problem: String| InferError::Mismatch { onnx: m.onnx.clone(), manifest: m.path.clone(), problem };
     let names = |outlets: &[ort::value::Outlet]| outlets.iter().map(|o| o.name().to_string()).collect::<Vec<_>>().join(", ");
-    let input = session.inputs().iter().find(|o| o.name() == m.input.name).ok_or_else(|| {
-        mismatch(format!("manifest input.name = {:?}, model inputs are [{}]", m.input.name, names(session.inputs())))
-    })?;
-    let output = session.outputs().iter().find(|o| o.name() == m.output.name).ok_or_else(|| {
-        mismatch(format!("manifest output.name = {:?}, model outputs are [{}]", m.output.name, names(session.outputs())))
-    })?;
+    let input = session
+        .inputs()
+        .iter()
+        .find(|o| o.name() == m.input.name)
+        .ok_or_else(|| mismatch(format!("manifest input.name = {:?}, model inputs are [{}]", m.input.name, names(session.inputs()))))?;
+    let output =
+        session.outputs().iter().find(|o| o.name() == m.output.name).ok_or_else(|| {
+            mismatch(format!("manifest output.name = {:?}, model outputs are [{}]", m.output.name, names(session.outputs())))
+        })?;
     let tensor_shape = |which: &str, t: &ValueType| -> Result<Vec<i64>, InferError> {
         match t {
             ValueType::Tensor { ty: TensorElementType::Float32, shape, .. } if shape.len() == 4 => Ok(shape.to_vec()),
@@ -186,11 +183,7 @@ fn check_against_manifest(session: &Session, m: &ModelManifest) -> Result<usize,
         )));
     }
     if fixed_differs(oshape[1], m.output.classes.len() as i64) {
-        return Err(mismatch(format!(
-            "model output has {} classes, manifest output.classes names {}",
-            oshape[1],
-            m.output.classes.len()
-        )));
+        return Err(mismatch(format!("model output has {} classes, manifest output.classes names {}", oshape[1], m.output.classes.len())));
     }
     Ok(if ishape[0] < 0 { 64 } else { ishape[0] as usize })
 }
@@ -232,7 +225,6 @@ impl Logits {
         resize_class_map(&small, frame_width, frame_height)
     }
 }
-
 
 /// Per-pixel argmax of `[classes, H, W]` logits; ties go to the lower class id.
 pub fn argmax(logits: &[f32], classes: usize, width: usize, height: usize) -> ClassMap {
@@ -276,7 +268,8 @@ pub fn preprocess(bgr: &[u8], width: u32, height: u32, manifest: &ModelManifest,
     let pixels: &[u8] = if (width, height) == (tw, th) {
         bgr
     } else {
-        let src = Mat::new_rows_cols_with_bytes::<opencv::core::Vec3b>(height as i32, width as i32, bgr).map_err(image_err("frame view"))?;
+        let src =
+            Mat::new_rows_cols_with_bytes::<opencv::core::Vec3b>(height as i32, width as i32, bgr).map_err(image_err("frame view"))?;
         let mut dst = Mat::default();
         opencv::imgproc::resize(&src, &mut dst, Size::new(tw as i32, th as i32), 0.0, 0.0, opencv::imgproc::INTER_LINEAR)
             .map_err(image_err("frame resize"))?;

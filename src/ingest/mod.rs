@@ -61,32 +61,23 @@ pub struct PipelineSpec {
 
 impl PipelineSpec {
     pub fn from_file(path: &Path, params: &BTreeMap<String, String>) -> Result<Self, IngestError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| IngestError::ReadPipeline { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| IngestError::ReadPipeline { path: path.to_path_buf(), source })?;
         Self::from_text(&path.display().to_string(), &text, params)
     }
 
     /// Lines starting with `#` are comments so pipeline files can document their parameters.
     pub fn from_text(origin: &str, text: &str, params: &BTreeMap<String, String>) -> Result<Self, IngestError> {
-        let body: String = text
-            .lines()
-            .filter(|l| !l.trim_start().starts_with('#'))
-            .collect::<Vec<_>>()
-            .join(" ");
+        let body: String = text.lines().filter(|l| !l.trim_start().starts_with('#')).collect::<Vec<_>>().join(" ");
         let mut description = String::with_capacity(body.len());
         let mut rest = body.as_str();
         while let Some(start) = rest.find("${") {
             description.push_str(&rest[..start]);
             let after = &rest[start + 2..];
-            let end = after.find('}').ok_or_else(|| IngestError::Parse {
-                origin: origin.to_string(),
-                message: "unterminated ${ parameter".to_string(),
-            })?;
+            let end = after
+                .find('}')
+                .ok_or_else(|| IngestError::Parse { origin: origin.to_string(), message: "unterminated ${ parameter".to_string() })?;
             let name = &after[..end];
-            let value = params.get(name).ok_or_else(|| IngestError::MissingParam {
-                origin: origin.to_string(),
-                name: name.to_string(),
-            })?;
+            let value = params.get(name).ok_or_else(|| IngestError::MissingParam { origin: origin.to_string(), name: name.to_string() })?;
             description.push_str(value);
             rest = &after[end + 1..];
         }
@@ -136,9 +127,7 @@ impl Source {
         appsink.set_max_buffers(2);
 
         // Live sources answer the change to PAUSED with NO_PREROLL: that is how GStreamer says "live".
-        let state = pipeline
-            .set_state(gst::State::Paused)
-            .and_then(|paused| pipeline.set_state(gst::State::Playing).map(|_| paused));
+        let state = pipeline.set_state(gst::State::Paused).and_then(|paused| pipeline.set_state(gst::State::Playing).map(|_| paused));
         let live = match state {
             Ok(gst::StateChangeSuccess::NoPreroll) => true,
             Ok(_) => false,
@@ -168,13 +157,7 @@ impl Source {
     /// Pulls frames until end of stream, an error, or `stop`. Live sources drop the oldest
     /// queued frame when `tx` is full (it holds `rx_for_drop`, a receiver of the same channel,
     /// to do so); replayed files block.
-    pub fn run(
-        self,
-        tx: Sender<Frame>,
-        rx_for_drop: Receiver<Frame>,
-        stats: &IngestStats,
-        stop: &AtomicBool,
-    ) -> Result<(), IngestError> {
+    pub fn run(self, tx: Sender<Frame>, rx_for_drop: Receiver<Frame>, stats: &IngestStats, stop: &AtomicBool) -> Result<(), IngestError> {
         stats.live.store(self.live, Ordering::Relaxed);
         // Replay never drops, and holding a receiver would hide a consumer that went away.
         let rx_for_drop = self.live.then_some(rx_for_drop);
@@ -183,7 +166,13 @@ impl Source {
         result
     }
 
-    fn pull_loop(&self, tx: &Sender<Frame>, rx_for_drop: Option<&Receiver<Frame>>, stats: &IngestStats, stop: &AtomicBool) -> Result<(), IngestError> {
+    fn pull_loop(
+        &self,
+        tx: &Sender<Frame>,
+        rx_for_drop: Option<&Receiver<Frame>>,
+        stats: &IngestStats,
+        stop: &AtomicBool,
+    ) -> Result<(), IngestError> {
         let mut seq = 0u64;
         let mut failed: Option<IngestError> = None;
         loop {
@@ -276,11 +265,7 @@ fn find_appsink(pipeline: &gst::Pipeline) -> Option<gst_app::AppSink> {
             return Some(s);
         }
     }
-    pipeline
-        .iterate_recurse()
-        .into_iter()
-        .flatten()
-        .find_map(|e| e.downcast::<gst_app::AppSink>().ok())
+    pipeline.iterate_recurse().into_iter().flatten().find_map(|e| e.downcast::<gst_app::AppSink>().ok())
 }
 
 /// Pops the first message of one of `types` within `wait`, discarding others.

@@ -117,9 +117,8 @@ impl RemoteClient {
             .enable_all()
             .build()
             .map_err(ClientError::Runtime)?;
-        let bind: SocketAddr = if self.workers.iter().any(|w| w.addr.is_ipv6()) { "[::]:0" } else { "0.0.0.0:0" }
-            .parse()
-            .expect("literal socket address");
+        let bind: SocketAddr =
+            if self.workers.iter().any(|w| w.addr.is_ipv6()) { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("literal socket address");
         let mut endpoint = {
             let _guard = runtime.enter();
             quinn::Endpoint::client(bind).map_err(ClientError::Endpoint)?
@@ -144,7 +143,13 @@ impl RemoteClient {
             let reasons: Vec<String> = self
                 .workers
                 .iter()
-                .map(|w| format!("{}: {}", w.label, w.last_error.lock().expect("error lock").clone().unwrap_or_else(|| "not connected yet".into())))
+                .map(|w| {
+                    format!(
+                        "{}: {}",
+                        w.label,
+                        w.last_error.lock().expect("error lock").clone().unwrap_or_else(|| "not connected yet".into())
+                    )
+                })
                 .collect();
             tracing::warn!(workers = %reasons.join("; "), "no remote worker reachable; remote frames fall back to the small network until one is");
         }
@@ -157,7 +162,8 @@ impl RemoteClient {
         for job in jobs.iter() {
             // Bounded in-flight: the decision stage feels back-pressure instead of us queueing without limit.
             let permit = runtime.block_on(in_flight.clone().acquire_owned()).expect("semaphore never closed");
-            let image = match super::image::encode(&job.frame.bgr, job.frame.width, job.frame.height, encoding, self.settings.jpeg_quality) {
+            let image = match super::image::encode(&job.frame.bgr, job.frame.width, job.frame.height, encoding, self.settings.jpeg_quality)
+            {
                 Ok(image) => image,
                 Err(e) => {
                     shared.give_back(job, format!("frame could not be encoded: {e}"));
@@ -194,7 +200,13 @@ async fn wait_for_any_connection(workers: &[Arc<WorkerSlot>], limit: Duration) {
 
 /// Keeps one worker connected: connect, wait for the connection to close, reconnect with
 /// exponential backoff. State changes are logged once, not per frame.
-async fn keep_connected(endpoint: quinn::Endpoint, slot: Arc<WorkerSlot>, settings: RemoteConfig, health: Arc<RemoteHealth>, stop: Arc<tokio::sync::Notify>) {
+async fn keep_connected(
+    endpoint: quinn::Endpoint,
+    slot: Arc<WorkerSlot>,
+    settings: RemoteConfig,
+    health: Arc<RemoteHealth>,
+    stop: Arc<tokio::sync::Notify>,
+) {
     let mut backoff = Duration::from_millis(settings.reconnect_min_ms);
     let max_backoff = Duration::from_millis(settings.reconnect_max_ms);
     let mut warned = false;
@@ -363,9 +375,7 @@ async fn transfer(conn: &quinn::Connection, request: &Request) -> Result<Vec<u8>
     send.write_all(&bytes).await.map_err(|e| format!("send failed: {e}"))?;
     send.finish().map_err(|e| format!("send failed: {e}"))?;
     let limits = Limits::default();
-    recv.read_to_end(limits.max_message_bytes + proto::LENGTH_PREFIX_BYTES)
-        .await
-        .map_err(|e| format!("receive failed: {e}"))
+    recv.read_to_end(limits.max_message_bytes + proto::LENGTH_PREFIX_BYTES).await.map_err(|e| format!("receive failed: {e}"))
 }
 
 fn check_reply(reply: &[u8], request: &Request) -> Result<proto::MaskResult, String> {

@@ -66,12 +66,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_message_bytes: 16 << 20,
-            max_width: 4096,
-            max_height: 4096,
-            max_model_name_bytes: 64,
-        }
+        Self { max_message_bytes: 16 << 20, max_width: 4096, max_height: 4096, max_model_name_bytes: 64 }
     }
 }
 
@@ -186,14 +181,8 @@ pub enum ProtoError {
         "message truncated in {field}: needs {needed} bytes but only {available} remain; \
          the peer closed early or its length prefix is wrong"
     )]
-    Truncated {
-        field: &'static str,
-        needed: usize,
-        available: usize,
-    },
-    #[error(
-        "bad magic {got:02x?} (expected \"ES\"); the peer is not speaking the edgeseg protocol"
-    )]
+    Truncated { field: &'static str, needed: usize, available: usize },
+    #[error("bad magic {got:02x?} (expected \"ES\"); the peer is not speaking the edgeseg protocol")]
     BadMagic { got: [u8; 2] },
     #[error(
         "protocol version {got} is not supported (this build speaks {supported}); \
@@ -203,10 +192,7 @@ pub enum ProtoError {
     #[error("unknown message kind {0}; expected 1 (request) or 2 (response)")]
     UnknownMessageKind(u8),
     #[error("expected a {expected} but got a {got}; check which side decodes which message")]
-    WrongMessageKind {
-        expected: &'static str,
-        got: &'static str,
-    },
+    WrongMessageKind { expected: &'static str, got: &'static str },
     #[error("unknown image encoding {0}; expected 1 (JPEG) or 2 (raw BGR8)")]
     UnknownImageEncoding(u8),
     #[error("unknown error code {0}; the worker may be newer than this edge build")]
@@ -214,39 +200,23 @@ pub enum ProtoError {
     #[error("unknown response status {0}; expected 1 (mask) or 2 (error)")]
     UnknownResponseStatus(u8),
     #[error("{what} is {size} bytes, over the limit of {limit}; send less or raise the limit")]
-    TooLarge {
-        what: &'static str,
-        size: usize,
-        limit: usize,
-    },
+    TooLarge { what: &'static str, size: usize, limit: usize },
     #[error(
         "{width}x{height} exceeds the limit of {max_width}x{max_height}; \
          downscale before sending or raise the limit"
     )]
-    DimensionsTooLarge {
-        width: u32,
-        height: u32,
-        max_width: u32,
-        max_height: u32,
-    },
+    DimensionsTooLarge { width: u32, height: u32, max_width: u32, max_height: u32 },
     #[error("width and height must both be non-zero")]
     ZeroDimensions,
     #[error("image is empty; there is nothing to segment")]
     EmptyImage,
     #[error("raw BGR8 image has {actual} bytes but {width}x{height}x3 is {expected}")]
-    ImageSizeMismatch {
-        width: u32,
-        height: u32,
-        expected: u64,
-        actual: usize,
-    },
+    ImageSizeMismatch { width: u32, height: u32, expected: u64, actual: usize },
     #[error("{field} is not valid UTF-8")]
     InvalidUtf8 { field: &'static str },
     #[error("class map covers {decoded} pixels but width x height is {expected}")]
     ClassMapSizeMismatch { expected: u64, decoded: u64 },
-    #[error(
-        "{0} bytes left over after a complete message; the length prefix and the body disagree"
-    )]
+    #[error("{0} bytes left over after a complete message; the length prefix and the body disagree")]
     TrailingBytes(usize),
     #[error("bad run-length class map at byte {offset}: {reason}")]
     BadRle { offset: usize, reason: &'static str },
@@ -316,10 +286,7 @@ pub fn encode_response(resp: &Response, out: &mut Vec<u8>) -> Result<(), ProtoEr
 
 /// Writes a placeholder prefix, the body, then the real prefix; rolls `out` back on error so a
 /// failed encode never leaves half a message in a send buffer.
-fn encode_framed(
-    out: &mut Vec<u8>,
-    write_body: impl FnOnce(&mut Vec<u8>) -> Result<(), ProtoError>,
-) -> Result<(), ProtoError> {
+fn encode_framed(out: &mut Vec<u8>, write_body: impl FnOnce(&mut Vec<u8>) -> Result<(), ProtoError>) -> Result<(), ProtoError> {
     let start = out.len();
     out.extend_from_slice(&[0; LENGTH_PREFIX_BYTES]);
     let result = write_body(out).and_then(|()| {
@@ -341,25 +308,12 @@ fn write_header(body: &mut Vec<u8>, kind: u8) {
 }
 
 /// Converts a length to its field's wire width, or says which field does not fit.
-fn wire_len<T: TryFrom<usize> + Into<u64>>(
-    len: usize,
-    max: T,
-    what: &'static str,
-) -> Result<T, ProtoError> {
-    T::try_from(len).map_err(|_| ProtoError::TooLarge {
-        what,
-        size: len,
-        limit: usize::try_from(max.into()).unwrap_or(usize::MAX),
-    })
+fn wire_len<T: TryFrom<usize> + Into<u64>>(len: usize, max: T, what: &'static str) -> Result<T, ProtoError> {
+    T::try_from(len).map_err(|_| ProtoError::TooLarge { what, size: len, limit: usize::try_from(max.into()).unwrap_or(usize::MAX) })
 }
 
 /// Rejects dimensions and image sizes that no receiver could accept.
-fn check_image(
-    width: u32,
-    height: u32,
-    encoding: ImageEncoding,
-    image_len: usize,
-) -> Result<(), ProtoError> {
+fn check_image(width: u32, height: u32, encoding: ImageEncoding, image_len: usize) -> Result<(), ProtoError> {
     let pixels = pixel_count(width, height)?;
     match encoding {
         ImageEncoding::Jpeg if image_len == 0 => Err(ProtoError::EmptyImage),
@@ -369,12 +323,7 @@ fn check_image(
             if image_len as u64 == expected {
                 Ok(())
             } else {
-                Err(ProtoError::ImageSizeMismatch {
-                    width,
-                    height,
-                    expected,
-                    actual: image_len,
-                })
+                Err(ProtoError::ImageSizeMismatch { width, height, expected, actual: image_len })
             }
         }
     }
@@ -393,17 +342,10 @@ fn pixel_count(width: u32, height: u32) -> Result<u64, ProtoError> {
 
 /// Reads the body length from a message's prefix and rejects it if it exceeds
 /// `limits.max_message_bytes`, so a peer cannot make the reader allocate more than that.
-pub fn body_length(
-    prefix: [u8; LENGTH_PREFIX_BYTES],
-    limits: &Limits,
-) -> Result<usize, ProtoError> {
+pub fn body_length(prefix: [u8; LENGTH_PREFIX_BYTES], limits: &Limits) -> Result<usize, ProtoError> {
     let len = usize::try_from(u32::from_be_bytes(prefix)).unwrap_or(usize::MAX);
     if len > limits.max_message_bytes {
-        return Err(ProtoError::TooLarge {
-            what: "message body",
-            size: len,
-            limit: limits.max_message_bytes,
-        });
+        return Err(ProtoError::TooLarge { what: "message body", size: len, limit: limits.max_message_bytes });
     }
     Ok(len)
 }
@@ -416,11 +358,7 @@ pub fn decode_request(body: &[u8], limits: &Limits) -> Result<Request, ProtoErro
     let deadline_ms = reader.u32("deadline_ms")?;
     let model_len = usize::from(reader.u8("model name length")?);
     if model_len > limits.max_model_name_bytes {
-        return Err(ProtoError::TooLarge {
-            what: "model name",
-            size: model_len,
-            limit: limits.max_model_name_bytes,
-        });
+        return Err(ProtoError::TooLarge { what: "model name", size: model_len, limit: limits.max_model_name_bytes });
     }
     let model = reader.utf8(model_len, "model name")?;
     let (width, height) = reader.dimensions(limits)?;
@@ -430,15 +368,7 @@ pub fn decode_request(body: &[u8], limits: &Limits) -> Result<Request, ProtoErro
     reader.finish()?;
     // Validated before copying, so a bad request costs no allocation.
     check_image(width, height, encoding, image.len())?;
-    Ok(Request {
-        frame_id,
-        deadline_ms,
-        model,
-        width,
-        height,
-        encoding,
-        image: image.to_vec(),
-    })
+    Ok(Request { frame_id, deadline_ms, model, width, height, encoding, image: image.to_vec() })
 }
 
 /// Decodes a response body (the bytes after the length prefix).
@@ -457,23 +387,15 @@ pub fn decode_response(body: &[u8], limits: &Limits) -> Result<Response, ProtoEr
             reader.finish()?;
             // dimensions() bounded width × height by the limits, so the map fits in memory.
             let pixels = pixel_count(width, height)?;
-            let expected_len =
-                usize::try_from(pixels).map_err(|_| ProtoError::DimensionsTooLarge {
-                    width,
-                    height,
-                    max_width: limits.max_width,
-                    max_height: limits.max_height,
-                })?;
-            let mut class_map = Vec::new();
-            rle_decode(rle, expected_len, &mut class_map)?;
-            ResponseBody::Mask(MaskResult {
+            let expected_len = usize::try_from(pixels).map_err(|_| ProtoError::DimensionsTooLarge {
                 width,
                 height,
-                class_map,
-                queue_us,
-                inference_us,
-                batch_size,
-            })
+                max_width: limits.max_width,
+                max_height: limits.max_height,
+            })?;
+            let mut class_map = Vec::new();
+            rle_decode(rle, expected_len, &mut class_map)?;
+            ResponseBody::Mask(MaskResult { width, height, class_map, queue_us, inference_us, batch_size })
         }
         STATUS_ERROR => {
             let code = ErrorCode::try_from(reader.u8("error code")?)?;
@@ -496,11 +418,7 @@ struct Reader<'a> {
 impl<'a> Reader<'a> {
     fn new(body: &'a [u8], limits: &Limits) -> Result<Self, ProtoError> {
         if body.len() > limits.max_message_bytes {
-            return Err(ProtoError::TooLarge {
-                what: "message body",
-                size: body.len(),
-                limit: limits.max_message_bytes,
-            });
+            return Err(ProtoError::TooLarge { what: "message body", size: body.len(), limit: limits.max_message_bytes });
         }
         Ok(Self { rest: body })
     }
@@ -512,10 +430,7 @@ impl<'a> Reader<'a> {
         }
         let version = self.u8("version")?;
         if version != VERSION {
-            return Err(ProtoError::UnsupportedVersion {
-                got: version,
-                supported: VERSION,
-            });
+            return Err(ProtoError::UnsupportedVersion { got: version, supported: VERSION });
         }
         let kind_name = |kind| {
             if kind == KIND_REQUEST {
@@ -526,10 +441,9 @@ impl<'a> Reader<'a> {
         };
         match self.u8("message kind")? {
             kind if kind == expected_kind => Ok(()),
-            kind @ (KIND_REQUEST | KIND_RESPONSE) => Err(ProtoError::WrongMessageKind {
-                expected: kind_name(expected_kind),
-                got: kind_name(kind),
-            }),
+            kind @ (KIND_REQUEST | KIND_RESPONSE) => {
+                Err(ProtoError::WrongMessageKind { expected: kind_name(expected_kind), got: kind_name(kind) })
+            }
             other => Err(ProtoError::UnknownMessageKind(other)),
         }
     }
@@ -541,23 +455,14 @@ impl<'a> Reader<'a> {
             return Err(ProtoError::ZeroDimensions);
         }
         if width > limits.max_width || height > limits.max_height {
-            return Err(ProtoError::DimensionsTooLarge {
-                width,
-                height,
-                max_width: limits.max_width,
-                max_height: limits.max_height,
-            });
+            return Err(ProtoError::DimensionsTooLarge { width, height, max_width: limits.max_width, max_height: limits.max_height });
         }
         Ok((width, height))
     }
 
     fn take(&mut self, len: usize, field: &'static str) -> Result<&'a [u8], ProtoError> {
         if len > self.rest.len() {
-            return Err(ProtoError::Truncated {
-                field,
-                needed: len,
-                available: self.rest.len(),
-            });
+            return Err(ProtoError::Truncated { field, needed: len, available: self.rest.len() });
         }
         let (head, tail) = self.rest.split_at(len);
         self.rest = tail;
@@ -565,14 +470,8 @@ impl<'a> Reader<'a> {
     }
 
     fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], ProtoError> {
-        let (head, tail) = self
-            .rest
-            .split_first_chunk::<N>()
-            .ok_or(ProtoError::Truncated {
-                field,
-                needed: N,
-                available: self.rest.len(),
-            })?;
+        let (head, tail) =
+            self.rest.split_first_chunk::<N>().ok_or(ProtoError::Truncated { field, needed: N, available: self.rest.len() })?;
         self.rest = tail;
         Ok(*head)
     }
@@ -596,15 +495,12 @@ impl<'a> Reader<'a> {
     fn length_u32(&mut self, field: &'static str) -> Result<usize, ProtoError> {
         // On 16-bit targets a length that does not fit usize cannot fit the body either, and
         // take() then reports it as truncated.
-        self.u32(field)
-            .map(|len| usize::try_from(len).unwrap_or(usize::MAX))
+        self.u32(field).map(|len| usize::try_from(len).unwrap_or(usize::MAX))
     }
 
     fn utf8(&mut self, len: usize, field: &'static str) -> Result<String, ProtoError> {
         let bytes = self.take(len, field)?;
-        std::str::from_utf8(bytes)
-            .map(str::to_owned)
-            .map_err(|_| ProtoError::InvalidUtf8 { field })
+        std::str::from_utf8(bytes).map(str::to_owned).map_err(|_| ProtoError::InvalidUtf8 { field })
     }
 
     fn finish(self) -> Result<(), ProtoError> {
@@ -645,9 +541,7 @@ pub fn rle_decode(data: &[u8], expected_len: usize, out: &mut Vec<u8>) -> Result
     }
     out.reserve(expected_len);
     // Every run is at most the total, which equals expected_len, so `as usize` is lossless.
-    for_each_run(data, |class_id, run| {
-        out.resize(out.len() + run as usize, class_id)
-    })
+    for_each_run(data, |class_id, run| out.resize(out.len() + run as usize, class_id))
 }
 
 /// Walks the `(class_id, run_length)` pairs, rejecting anything [`rle_encode`] would not emit:
@@ -657,21 +551,12 @@ fn for_each_run(data: &[u8], mut visit: impl FnMut(u8, u64)) -> Result<(), Proto
     let mut offset = 0;
     let mut previous_class = None;
     while let Some((&class_id, rest)) = data.get(offset..).and_then(<[u8]>::split_first) {
-        let (run, varint_len) = read_varint(rest).map_err(|reason| ProtoError::BadRle {
-            offset: offset + 1,
-            reason,
-        })?;
+        let (run, varint_len) = read_varint(rest).map_err(|reason| ProtoError::BadRle { offset: offset + 1, reason })?;
         if run == 0 {
-            return Err(ProtoError::BadRle {
-                offset,
-                reason: "run of length zero",
-            });
+            return Err(ProtoError::BadRle { offset, reason: "run of length zero" });
         }
         if previous_class == Some(class_id) {
-            return Err(ProtoError::BadRle {
-                offset,
-                reason: "run continues the previous class; runs must be maximal",
-            });
+            return Err(ProtoError::BadRle { offset, reason: "run continues the previous class; runs must be maximal" });
         }
         previous_class = Some(class_id);
         visit(class_id, run);
@@ -732,12 +617,7 @@ pub struct FrameSplitter {
 
 impl FrameSplitter {
     pub fn new(limits: Limits) -> Self {
-        Self {
-            limits,
-            buffer: Vec::new(),
-            consumed: 0,
-            failed: None,
-        }
+        Self { limits, buffer: Vec::new(), consumed: 0, failed: None }
     }
 
     /// Buffers `bytes`. Call [`next_body`](Self::next_body) until it returns `Ok(None)` after
@@ -834,13 +714,7 @@ mod tests {
     }
 
     fn error_response(code: ErrorCode) -> Response {
-        Response {
-            frame_id: 9,
-            body: ResponseBody::Error {
-                code,
-                message: "zu spät ⏱".to_owned(),
-            },
-        }
+        Response { frame_id: 9, body: ResponseBody::Error { code, message: "zu spät ⏱".to_owned() } }
     }
 
     /// Encodes and strips the length prefix, checking that it matches the body.
@@ -908,159 +782,73 @@ mod tests {
         let mut out = b"earlier".to_vec();
         encode_request(&jpeg_request(), &mut out).unwrap();
         let after_first = out.clone();
-        let bad = Request {
-            width: 0,
-            ..jpeg_request()
-        };
-        assert_eq!(
-            encode_request(&bad, &mut out),
-            Err(ProtoError::ZeroDimensions)
-        );
+        let bad = Request { width: 0, ..jpeg_request() };
+        assert_eq!(encode_request(&bad, &mut out), Err(ProtoError::ZeroDimensions));
         assert_eq!(out, after_first);
         assert_eq!(&out[..7], b"earlier");
     }
 
     #[test]
     fn truncated_header_is_reported() {
-        assert_eq!(
-            decode_request(b"E", &Limits::default()),
-            Err(ProtoError::Truncated {
-                field: "magic",
-                needed: 2,
-                available: 1
-            })
-        );
+        assert_eq!(decode_request(b"E", &Limits::default()), Err(ProtoError::Truncated { field: "magic", needed: 2, available: 1 }));
     }
 
     #[test]
     fn bad_magic_is_rejected() {
         let mut body = request_body(&jpeg_request());
         body[..2].copy_from_slice(b"GE");
-        assert_eq!(
-            decode_request(&body, &Limits::default()),
-            Err(ProtoError::BadMagic { got: *b"GE" })
-        );
+        assert_eq!(decode_request(&body, &Limits::default()), Err(ProtoError::BadMagic { got: *b"GE" }));
     }
 
     #[test]
     fn other_versions_are_rejected() {
         let mut body = request_body(&jpeg_request());
         body[2] = 2;
-        assert_eq!(
-            decode_request(&body, &Limits::default()),
-            Err(ProtoError::UnsupportedVersion {
-                got: 2,
-                supported: VERSION
-            })
-        );
+        assert_eq!(decode_request(&body, &Limits::default()), Err(ProtoError::UnsupportedVersion { got: 2, supported: VERSION }));
     }
 
     #[test]
     fn unknown_and_wrong_message_kinds_are_rejected() {
         let mut body = request_body(&jpeg_request());
-        assert_eq!(
-            decode_response(&body, &Limits::default()),
-            Err(ProtoError::WrongMessageKind {
-                expected: "response",
-                got: "request"
-            })
-        );
+        assert_eq!(decode_response(&body, &Limits::default()), Err(ProtoError::WrongMessageKind { expected: "response", got: "request" }));
         body[3] = 3;
-        assert_eq!(
-            decode_request(&body, &Limits::default()),
-            Err(ProtoError::UnknownMessageKind(3))
-        );
+        assert_eq!(decode_request(&body, &Limits::default()), Err(ProtoError::UnknownMessageKind(3)));
         let body = response_body(&mask_response());
-        assert_eq!(
-            decode_request(&body, &Limits::default()),
-            Err(ProtoError::WrongMessageKind {
-                expected: "request",
-                got: "response"
-            })
-        );
+        assert_eq!(decode_request(&body, &Limits::default()), Err(ProtoError::WrongMessageKind { expected: "request", got: "response" }));
     }
 
     #[test]
     fn unknown_enum_values_are_rejected() {
         let mut body = request_body(&jpeg_request());
         body[JPEG_ENCODING_AT] = 0;
-        assert_eq!(
-            decode_request(&body, &Limits::default()),
-            Err(ProtoError::UnknownImageEncoding(0))
-        );
+        assert_eq!(decode_request(&body, &Limits::default()), Err(ProtoError::UnknownImageEncoding(0)));
 
         let mut body = response_body(&error_response(ErrorCode::Internal));
         body[ERROR_CODE_AT] = 7;
-        assert_eq!(
-            decode_response(&body, &Limits::default()),
-            Err(ProtoError::UnknownErrorCode(7))
-        );
+        assert_eq!(decode_response(&body, &Limits::default()), Err(ProtoError::UnknownErrorCode(7)));
 
         let mut body = response_body(&mask_response());
         body[RESPONSE_STATUS_AT] = 3;
-        assert_eq!(
-            decode_response(&body, &Limits::default()),
-            Err(ProtoError::UnknownResponseStatus(3))
-        );
+        assert_eq!(decode_response(&body, &Limits::default()), Err(ProtoError::UnknownResponseStatus(3)));
     }
 
     #[test]
     fn oversized_fields_are_rejected() {
-        let small = Limits {
-            max_message_bytes: 20,
-            ..Limits::default()
-        };
+        let small = Limits { max_message_bytes: 20, ..Limits::default() };
         let body = request_body(&jpeg_request());
-        assert_eq!(
-            decode_request(&body, &small),
-            Err(ProtoError::TooLarge {
-                what: "message body",
-                size: body.len(),
-                limit: 20
-            })
-        );
+        assert_eq!(decode_request(&body, &small), Err(ProtoError::TooLarge { what: "message body", size: body.len(), limit: 20 }));
 
-        let short_names = Limits {
-            max_model_name_bytes: 3,
-            ..Limits::default()
-        };
+        let short_names = Limits { max_model_name_bytes: 3, ..Limits::default() };
         let body = request_body(&raw_request());
-        assert_eq!(
-            decode_request(&body, &short_names),
-            Err(ProtoError::TooLarge {
-                what: "model name",
-                size: 7,
-                limit: 3
-            })
-        );
+        assert_eq!(decode_request(&body, &short_names), Err(ProtoError::TooLarge { what: "model name", size: 7, limit: 3 }));
 
-        let long_name = Request {
-            model: "x".repeat(256),
-            ..jpeg_request()
-        };
-        assert_eq!(
-            encode_request(&long_name, &mut Vec::new()),
-            Err(ProtoError::TooLarge {
-                what: "model name",
-                size: 256,
-                limit: 255
-            })
-        );
+        let long_name = Request { model: "x".repeat(256), ..jpeg_request() };
+        assert_eq!(encode_request(&long_name, &mut Vec::new()), Err(ProtoError::TooLarge { what: "model name", size: 256, limit: 255 }));
 
-        let long_message = Response {
-            frame_id: 1,
-            body: ResponseBody::Error {
-                code: ErrorCode::Internal,
-                message: "x".repeat(65_536),
-            },
-        };
+        let long_message = Response { frame_id: 1, body: ResponseBody::Error { code: ErrorCode::Internal, message: "x".repeat(65_536) } };
         assert_eq!(
             encode_response(&long_message, &mut Vec::new()),
-            Err(ProtoError::TooLarge {
-                what: "error message",
-                size: 65_536,
-                limit: 65_535
-            })
+            Err(ProtoError::TooLarge { what: "error message", size: 65_536, limit: 65_535 })
         );
     }
 
@@ -1069,29 +857,16 @@ mod tests {
         let limits = Limits::default();
         assert_eq!(
             body_length(u32::MAX.to_be_bytes(), &limits),
-            Err(ProtoError::TooLarge {
-                what: "message body",
-                size: u32::MAX as usize,
-                limit: limits.max_message_bytes
-            })
+            Err(ProtoError::TooLarge { what: "message body", size: u32::MAX as usize, limit: limits.max_message_bytes })
         );
         let at_limit = u32::try_from(limits.max_message_bytes).unwrap();
-        assert_eq!(
-            body_length(at_limit.to_be_bytes(), &limits),
-            Ok(limits.max_message_bytes)
-        );
+        assert_eq!(body_length(at_limit.to_be_bytes(), &limits), Ok(limits.max_message_bytes));
 
         // Only the prefix has arrived: the splitter must fail now, not wait for 4 GiB.
         let mut splitter = FrameSplitter::new(limits);
         splitter.push(&u32::MAX.to_be_bytes());
         let error = splitter.next_body().unwrap_err();
-        assert!(matches!(
-            error,
-            ProtoError::TooLarge {
-                what: "message body",
-                ..
-            }
-        ));
+        assert!(matches!(error, ProtoError::TooLarge { what: "message body", .. }));
         assert!(splitter.buffer.capacity() < 64);
         // The stream is unusable from here on.
         splitter.push(&request_body(&jpeg_request()));
@@ -1101,40 +876,19 @@ mod tests {
 
     #[test]
     fn dimensions_are_checked() {
-        let narrow = Limits {
-            max_width: 32,
-            ..Limits::default()
-        };
+        let narrow = Limits { max_width: 32, ..Limits::default() };
         let body = request_body(&jpeg_request());
         assert_eq!(
             decode_request(&body, &narrow),
-            Err(ProtoError::DimensionsTooLarge {
-                width: 64,
-                height: 48,
-                max_width: 32,
-                max_height: 4096
-            })
+            Err(ProtoError::DimensionsTooLarge { width: 64, height: 48, max_width: 32, max_height: 4096 })
         );
         let body = response_body(&mask_response());
-        let flat = Limits {
-            max_height: 1,
-            ..Limits::default()
-        };
-        assert!(matches!(
-            decode_response(&body, &flat),
-            Err(ProtoError::DimensionsTooLarge {
-                width: 4,
-                height: 2,
-                ..
-            })
-        ));
+        let flat = Limits { max_height: 1, ..Limits::default() };
+        assert!(matches!(decode_response(&body, &flat), Err(ProtoError::DimensionsTooLarge { width: 4, height: 2, .. })));
 
         let mut body = request_body(&jpeg_request());
         body[JPEG_WIDTH_AT..JPEG_WIDTH_AT + 4].copy_from_slice(&0u32.to_be_bytes());
-        assert_eq!(
-            decode_request(&body, &Limits::default()),
-            Err(ProtoError::ZeroDimensions)
-        );
+        assert_eq!(decode_request(&body, &Limits::default()), Err(ProtoError::ZeroDimensions));
 
         let flat_mask = Response {
             frame_id: 1,
@@ -1147,45 +901,23 @@ mod tests {
                 batch_size: 1,
             }),
         };
-        assert_eq!(
-            encode_response(&flat_mask, &mut Vec::new()),
-            Err(ProtoError::ZeroDimensions)
-        );
+        assert_eq!(encode_response(&flat_mask, &mut Vec::new()), Err(ProtoError::ZeroDimensions));
     }
 
     #[test]
     fn image_sizes_are_checked() {
-        let empty = Request {
-            image: Vec::new(),
-            ..jpeg_request()
-        };
-        assert_eq!(
-            encode_request(&empty, &mut Vec::new()),
-            Err(ProtoError::EmptyImage)
-        );
+        let empty = Request { image: Vec::new(), ..jpeg_request() };
+        assert_eq!(encode_request(&empty, &mut Vec::new()), Err(ProtoError::EmptyImage));
 
-        let short = Request {
-            image: vec![0; 11],
-            ..raw_request()
-        };
-        let mismatch = ProtoError::ImageSizeMismatch {
-            width: 2,
-            height: 2,
-            expected: 12,
-            actual: 11,
-        };
+        let short = Request { image: vec![0; 11], ..raw_request() };
+        let mismatch = ProtoError::ImageSizeMismatch { width: 2, height: 2, expected: 12, actual: 11 };
         assert_eq!(encode_request(&short, &mut Vec::new()), Err(mismatch));
 
         let mut body = request_body(&raw_request());
         body[RAW_WIDTH_AT..RAW_WIDTH_AT + 4].copy_from_slice(&3u32.to_be_bytes());
         assert_eq!(
             decode_request(&body, &Limits::default()),
-            Err(ProtoError::ImageSizeMismatch {
-                width: 3,
-                height: 2,
-                expected: 18,
-                actual: 12
-            })
+            Err(ProtoError::ImageSizeMismatch { width: 3, height: 2, expected: 18, actual: 12 })
         );
     }
 
@@ -1193,21 +925,11 @@ mod tests {
     fn invalid_utf8_is_rejected() {
         let mut body = request_body(&jpeg_request());
         body[REQUEST_MODEL_AT] = 0xff;
-        assert_eq!(
-            decode_request(&body, &Limits::default()),
-            Err(ProtoError::InvalidUtf8 {
-                field: "model name"
-            })
-        );
+        assert_eq!(decode_request(&body, &Limits::default()), Err(ProtoError::InvalidUtf8 { field: "model name" }));
         let mut body = response_body(&error_response(ErrorCode::Internal));
         let last = body.len() - 1;
         body[last] = 0xc3; // starts a two-byte sequence that never finishes
-        assert_eq!(
-            decode_response(&body, &Limits::default()),
-            Err(ProtoError::InvalidUtf8 {
-                field: "error message"
-            })
-        );
+        assert_eq!(decode_response(&body, &Limits::default()), Err(ProtoError::InvalidUtf8 { field: "error message" }));
     }
 
     #[test]
@@ -1216,95 +938,41 @@ mod tests {
         if let ResponseBody::Mask(mask) = &mut resp.body {
             mask.class_map.pop();
         }
-        assert_eq!(
-            encode_response(&resp, &mut Vec::new()),
-            Err(ProtoError::ClassMapSizeMismatch {
-                expected: 8,
-                decoded: 7
-            })
-        );
+        assert_eq!(encode_response(&resp, &mut Vec::new()), Err(ProtoError::ClassMapSizeMismatch { expected: 8, decoded: 7 }));
 
         let mut body = response_body(&mask_response());
         body[MASK_HEIGHT_AT..MASK_HEIGHT_AT + 4].copy_from_slice(&3u32.to_be_bytes());
-        assert_eq!(
-            decode_response(&body, &Limits::default()),
-            Err(ProtoError::ClassMapSizeMismatch {
-                expected: 12,
-                decoded: 8
-            })
-        );
+        assert_eq!(decode_response(&body, &Limits::default()), Err(ProtoError::ClassMapSizeMismatch { expected: 12, decoded: 8 }));
     }
 
     #[test]
     fn trailing_bytes_are_rejected() {
         let mut body = request_body(&jpeg_request());
         body.push(0);
-        assert_eq!(
-            decode_request(&body, &Limits::default()),
-            Err(ProtoError::TrailingBytes(1))
-        );
+        assert_eq!(decode_request(&body, &Limits::default()), Err(ProtoError::TrailingBytes(1)));
         let mut body = response_body(&mask_response());
         body.extend_from_slice(&[1, 2]);
-        assert_eq!(
-            decode_response(&body, &Limits::default()),
-            Err(ProtoError::TrailingBytes(2))
-        );
+        assert_eq!(decode_response(&body, &Limits::default()), Err(ProtoError::TrailingBytes(2)));
     }
 
     #[test]
     fn malformed_run_length_data_is_rejected() {
         let bad_rle = |data: &[u8], expected_len, offset, reason| {
             let mut out = vec![9];
-            assert_eq!(
-                rle_decode(data, expected_len, &mut out),
-                Err(ProtoError::BadRle { offset, reason }),
-                "{data:?}"
-            );
+            assert_eq!(rle_decode(data, expected_len, &mut out), Err(ProtoError::BadRle { offset, reason }), "{data:?}");
             assert_eq!(out, [9], "failed decode must not touch the output");
         };
         bad_rle(&[1], 1, 1, "run length is cut off");
         bad_rle(&[1, 0x80], 1, 1, "run length is cut off");
         bad_rle(&[1, 0], 1, 0, "run of length zero");
-        bad_rle(
-            &[1, 2, 1, 3],
-            5,
-            2,
-            "run continues the previous class; runs must be maximal",
-        );
-        bad_rle(
-            &[1, 0x81, 0x00],
-            1,
-            1,
-            "run length has redundant zero groups",
-        );
-        bad_rle(
-            &[
-                1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02,
-            ],
-            1,
-            1,
-            "run length overflows 64 bits",
-        );
-        bad_rle(
-            &[
-                1, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x81, 0x00,
-            ],
-            1,
-            1,
-            "run length is longer than 10 bytes",
-        );
+        bad_rle(&[1, 2, 1, 3], 5, 2, "run continues the previous class; runs must be maximal");
+        bad_rle(&[1, 0x81, 0x00], 1, 1, "run length has redundant zero groups");
+        bad_rle(&[1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02], 1, 1, "run length overflows 64 bits");
+        bad_rle(&[1, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x81, 0x00], 1, 1, "run length is longer than 10 bytes");
 
         // The largest varint is accepted by the parser and then fails only the size check.
-        let max_run = [
-            1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
-        ];
-        assert_eq!(
-            rle_decode(&max_run, 4, &mut Vec::new()),
-            Err(ProtoError::ClassMapSizeMismatch {
-                expected: 4,
-                decoded: u64::MAX
-            })
-        );
+        let max_run = [1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
+        assert_eq!(rle_decode(&max_run, 4, &mut Vec::new()), Err(ProtoError::ClassMapSizeMismatch { expected: 4, decoded: u64::MAX }));
     }
 
     #[test]
@@ -1313,13 +981,7 @@ mod tests {
         let mut data = vec![3];
         write_varint(&mut data, 16 << 20);
         let mut out = Vec::new();
-        assert_eq!(
-            rle_decode(&data, 2, &mut out),
-            Err(ProtoError::ClassMapSizeMismatch {
-                expected: 2,
-                decoded: 16 << 20
-            })
-        );
+        assert_eq!(rle_decode(&data, 2, &mut out), Err(ProtoError::ClassMapSizeMismatch { expected: 2, decoded: 16 << 20 }));
         assert_eq!(out.capacity(), 0);
     }
 
@@ -1328,19 +990,13 @@ mod tests {
         let limits = Limits::default();
         for body in [request_body(&jpeg_request()), request_body(&raw_request())] {
             for end in 0..body.len() {
-                assert!(
-                    decode_request(&body[..end], &limits).is_err(),
-                    "cut at {end}"
-                );
+                assert!(decode_request(&body[..end], &limits).is_err(), "cut at {end}");
             }
         }
         let responses = [mask_response(), error_response(ErrorCode::Overloaded)];
         for body in responses.iter().map(response_body) {
             for end in 0..body.len() {
-                assert!(
-                    decode_response(&body[..end], &limits).is_err(),
-                    "cut at {end}"
-                );
+                assert!(decode_response(&body[..end], &limits).is_err(), "cut at {end}");
             }
         }
     }
@@ -1349,10 +1005,7 @@ mod tests {
         let mut stream = Vec::new();
         encode_request(&jpeg_request(), &mut stream).unwrap();
         encode_response(&mask_response(), &mut stream).unwrap();
-        let bodies = vec![
-            request_body(&jpeg_request()),
-            response_body(&mask_response()),
-        ];
+        let bodies = vec![request_body(&jpeg_request()), response_body(&mask_response())];
         (stream, bodies)
     }
 
@@ -1385,10 +1038,7 @@ mod tests {
             if let Some(body) = splitter.next_body().unwrap() {
                 popped.push(body);
             } else {
-                assert!(
-                    splitter.buffered_bytes() > 0,
-                    "byte {index} left nothing buffered"
-                );
+                assert!(splitter.buffered_bytes() > 0, "byte {index} left nothing buffered");
             }
         }
         assert_eq!(popped, bodies);
@@ -1427,37 +1077,21 @@ mod tests {
     fn request_strategy() -> impl Strategy<Value = Request> {
         let raw = (1u32..40, 1u32..40).prop_flat_map(|(width, height)| {
             let len = (width * height * 3) as usize;
-            (
-                Just(width),
-                Just(height),
-                Just(ImageEncoding::RawBgr8),
-                prop::collection::vec(any::<u8>(), len),
-            )
+            (Just(width), Just(height), Just(ImageEncoding::RawBgr8), prop::collection::vec(any::<u8>(), len))
         });
-        let jpeg = (
-            1u32..=4096,
-            1u32..=4096,
-            Just(ImageEncoding::Jpeg),
-            prop::collection::vec(any::<u8>(), 1..300),
-        );
+        let jpeg = (1u32..=4096, 1u32..=4096, Just(ImageEncoding::Jpeg), prop::collection::vec(any::<u8>(), 1..300));
         // At most 16 characters of up to 4 bytes each stays within the default 64-byte limit.
-        (
-            any::<u64>(),
-            any::<u32>(),
-            "\\PC{0,16}",
-            prop_oneof![raw, jpeg],
+        (any::<u64>(), any::<u32>(), "\\PC{0,16}", prop_oneof![raw, jpeg]).prop_map(
+            |(frame_id, deadline_ms, model, (width, height, encoding, image))| Request {
+                frame_id,
+                deadline_ms,
+                model,
+                width,
+                height,
+                encoding,
+                image,
+            },
         )
-            .prop_map(
-                |(frame_id, deadline_ms, model, (width, height, encoding, image))| Request {
-                    frame_id,
-                    deadline_ms,
-                    model,
-                    width,
-                    height,
-                    encoding,
-                    image,
-                },
-            )
     }
 
     /// Class maps with long runs over few classes, like real segmentations, plus noise.
@@ -1476,33 +1110,14 @@ mod tests {
     fn response_strategy() -> impl Strategy<Value = Response> {
         let mask = (1u32..64, 1u32..64)
             .prop_flat_map(|(width, height)| {
-                (
-                    Just(width),
-                    Just(height),
-                    class_map_strategy((width * height) as usize),
-                    any::<u32>(),
-                    any::<u32>(),
-                    any::<u16>(),
-                )
+                (Just(width), Just(height), class_map_strategy((width * height) as usize), any::<u32>(), any::<u32>(), any::<u16>())
             })
-            .prop_map(
-                |(width, height, class_map, queue_us, inference_us, batch_size)| {
-                    ResponseBody::Mask(MaskResult {
-                        width,
-                        height,
-                        class_map,
-                        queue_us,
-                        inference_us,
-                        batch_size,
-                    })
-                },
-            );
-        let error = (1u8..=6, "\\PC{0,200}").prop_map(|(code, message)| ResponseBody::Error {
-            code: ErrorCode::try_from(code).expect("code in range"),
-            message,
-        });
-        (any::<u64>(), prop_oneof![mask, error])
-            .prop_map(|(frame_id, body)| Response { frame_id, body })
+            .prop_map(|(width, height, class_map, queue_us, inference_us, batch_size)| {
+                ResponseBody::Mask(MaskResult { width, height, class_map, queue_us, inference_us, batch_size })
+            });
+        let error = (1u8..=6, "\\PC{0,200}")
+            .prop_map(|(code, message)| ResponseBody::Error { code: ErrorCode::try_from(code).expect("code in range"), message });
+        (any::<u64>(), prop_oneof![mask, error]).prop_map(|(frame_id, body)| Response { frame_id, body })
     }
 
     proptest! {

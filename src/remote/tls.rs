@@ -22,8 +22,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
 };
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
@@ -126,42 +126,24 @@ pub struct GeneratedPki {
 /// Existing files are left untouched unless `overwrite` is true; this is checked for every
 /// file before anything is written, so a refusal never leaves a half-replaced PKI behind.
 /// Private keys are written with mode 0600 on unix.
-pub fn generate_dev_pki(
-    dir: &Path,
-    worker_names: &[String],
-    client_names: &[String],
-    overwrite: bool,
-) -> Result<GeneratedPki, TlsError> {
+pub fn generate_dev_pki(dir: &Path, worker_names: &[String], client_names: &[String], overwrite: bool) -> Result<GeneratedPki, TlsError> {
     validate_worker_names(worker_names)?;
     validate_client_names(client_names)?;
 
     let pem_path = |name: &str| dir.join(format!("{name}.pem"));
     let key_path = |name: &str| dir.join(format!("{name}.key"));
     let ca_cert_path = pem_path("ca");
-    let worker = TlsPaths {
-        ca_cert: ca_cert_path.clone(),
-        cert: pem_path("worker"),
-        key: key_path("worker"),
-    };
+    let worker = TlsPaths { ca_cert: ca_cert_path.clone(), cert: pem_path("worker"), key: key_path("worker") };
     let clients: Vec<(String, TlsPaths)> = client_names
         .iter()
         .map(|name| {
-            let paths = TlsPaths {
-                ca_cert: ca_cert_path.clone(),
-                cert: pem_path(name),
-                key: key_path(name),
-            };
+            let paths = TlsPaths { ca_cert: ca_cert_path.clone(), cert: pem_path(name), key: key_path(name) };
             (name.clone(), paths)
         })
         .collect();
 
     if !overwrite {
-        let mut all_paths = vec![
-            ca_cert_path.clone(),
-            key_path("ca"),
-            worker.cert.clone(),
-            worker.key.clone(),
-        ];
+        let mut all_paths = vec![ca_cert_path.clone(), key_path("ca"), worker.cert.clone(), worker.key.clone()];
         for (_, paths) in &clients {
             all_paths.push(paths.cert.clone());
             all_paths.push(paths.key.clone());
@@ -177,19 +159,12 @@ pub fn generate_dev_pki(
     ca_params.distinguished_name = common_name("edgeseg development CA");
     // Constrained(0): the CA signs leaf certificates only, never another CA.
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     set_dev_validity(&mut ca_params);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().map_err(generate)?)
-        .map_err(generate)?;
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().map_err(generate)?).map_err(generate)?;
 
-    let mut files: Vec<(PathBuf, String, bool)> = vec![
-        (ca_cert_path.clone(), ca.pem(), false),
-        (key_path("ca"), ca.key().serialize_pem(), true),
-    ];
+    let mut files: Vec<(PathBuf, String, bool)> =
+        vec![(ca_cert_path.clone(), ca.pem(), false), (key_path("ca"), ca.key().serialize_pem(), true)];
 
     // CertificateParams::new turns entries that parse as IP addresses into IP SANs.
     let mut worker_params = CertificateParams::new(worker_names.to_vec()).map_err(generate)?;
@@ -210,21 +185,13 @@ pub fn generate_dev_pki(
         files.push((paths.key.clone(), key_pem, true));
     }
 
-    fs::create_dir_all(dir).map_err(|source| TlsError::Write {
-        path: dir.to_path_buf(),
-        source,
-    })?;
+    fs::create_dir_all(dir).map_err(|source| TlsError::Write { path: dir.to_path_buf(), source })?;
     for (path, contents, private) in &files {
         write_pem(path, contents, *private, overwrite)?;
     }
     tracing::info!(dir = %dir.display(), clients = clients.len(), "wrote development PKI");
 
-    Ok(GeneratedPki {
-        dir: dir.to_path_buf(),
-        ca: ca_cert_path,
-        worker,
-        clients,
-    })
+    Ok(GeneratedPki { dir: dir.to_path_buf(), ca: ca_cert_path, worker, clients })
 }
 
 /// QUIC server configuration for the worker: presents `cert`/`key` and requires every client
@@ -240,27 +207,18 @@ pub fn server_config(paths: &TlsPaths) -> Result<quinn::ServerConfig, TlsError> 
 
     let client_verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
         .build()
-        .map_err(|error| TlsError::Verifier {
-            path: paths.ca_cert.clone(),
-            reason: error.to_string(),
-        })?;
+        .map_err(|error| TlsError::Verifier { path: paths.ca_cert.clone(), reason: error.to_string() })?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(client_verifier)
         .with_single_cert(cert_chain, key)
-        .map_err(|source| TlsError::Identity {
-            cert: paths.cert.clone(),
-            key: paths.key.clone(),
-            source,
-        })?;
+        .map_err(|source| TlsError::Identity { cert: paths.cert.clone(), key: paths.key.clone(), source })?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
 
-    let quic =
-        QuicServerConfig::try_from(tls).map_err(|error| TlsError::Quic(error.to_string()))?;
+    let quic = QuicServerConfig::try_from(tls).map_err(|error| TlsError::Quic(error.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     let mut transport = transport_config(SERVER_KEEP_ALIVE, SERVER_IDLE_TIMEOUT);
-    transport
-        .max_concurrent_bidi_streams(quinn::VarInt::from_u32(SERVER_MAX_CONCURRENT_BIDI_STREAMS));
+    transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(SERVER_MAX_CONCURRENT_BIDI_STREAMS));
     config.transport_config(Arc::new(transport));
     Ok(config)
 }
@@ -278,11 +236,7 @@ pub fn client_config(paths: &TlsPaths) -> Result<quinn::ClientConfig, TlsError> 
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots)
         .with_client_auth_cert(cert_chain, key)
-        .map_err(|source| TlsError::Identity {
-            cert: paths.cert.clone(),
-            key: paths.key.clone(),
-            source,
-        })?;
+        .map_err(|source| TlsError::Identity { cert: paths.cert.clone(), key: paths.key.clone(), source })?;
     finish_client_config(tls)
 }
 
@@ -299,8 +253,7 @@ pub fn client_config_without_identity(ca_cert: &Path) -> Result<quinn::ClientCon
 
 fn finish_client_config(mut tls: rustls::ClientConfig) -> Result<quinn::ClientConfig, TlsError> {
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    let quic =
-        QuicClientConfig::try_from(tls).map_err(|error| TlsError::Quic(error.to_string()))?;
+    let quic = QuicClientConfig::try_from(tls).map_err(|error| TlsError::Quic(error.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     config.transport_config(Arc::new(transport_config(CLIENT_KEEP_ALIVE, CLIENT_IDLE_TIMEOUT)));
     Ok(config)
@@ -316,10 +269,7 @@ fn transport_config(keep_alive: Duration, idle: Duration) -> quinn::TransportCon
     let mut transport = quinn::TransportConfig::default();
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.upper_bound(MTU_UPPER_BOUND);
-    transport
-        .keep_alive_interval(Some(keep_alive))
-        .max_idle_timeout(Some(idle_timeout(idle)))
-        .mtu_discovery_config(Some(mtu));
+    transport.keep_alive_interval(Some(keep_alive)).max_idle_timeout(Some(idle_timeout(idle))).mtu_discovery_config(Some(mtu));
     transport
 }
 
@@ -333,24 +283,16 @@ fn idle_timeout(duration: Duration) -> quinn::IdleTimeout {
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, TlsError> {
-    fs::read(path).map_err(|source| TlsError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
+    fs::read(path).map_err(|source| TlsError::Read { path: path.to_path_buf(), source })
 }
 
 fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read_file(path)?;
     let certs = rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| TlsError::Invalid {
-            path: path.to_path_buf(),
-            reason: format!("malformed PEM: {error}"),
-        })?;
+        .map_err(|error| TlsError::Invalid { path: path.to_path_buf(), reason: format!("malformed PEM: {error}") })?;
     if certs.is_empty() {
-        return Err(TlsError::NoCertificate {
-            path: path.to_path_buf(),
-        });
+        return Err(TlsError::NoCertificate { path: path.to_path_buf() });
     }
     Ok(certs)
 }
@@ -358,22 +300,16 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let pem = read_file(path)?;
     rustls_pemfile::private_key(&mut pem.as_slice())
-        .map_err(|error| TlsError::Invalid {
-            path: path.to_path_buf(),
-            reason: format!("malformed PEM: {error}"),
-        })?
-        .ok_or_else(|| TlsError::NoPrivateKey {
-            path: path.to_path_buf(),
-        })
+        .map_err(|error| TlsError::Invalid { path: path.to_path_buf(), reason: format!("malformed PEM: {error}") })?
+        .ok_or_else(|| TlsError::NoPrivateKey { path: path.to_path_buf() })
 }
 
 fn load_roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
     let mut roots = RootCertStore::empty();
     for cert in load_certs(path)? {
-        roots.add(cert).map_err(|error| TlsError::Invalid {
-            path: path.to_path_buf(),
-            reason: format!("not a usable CA certificate: {error}"),
-        })?;
+        roots
+            .add(cert)
+            .map_err(|error| TlsError::Invalid { path: path.to_path_buf(), reason: format!("not a usable CA certificate: {error}") })?;
     }
     Ok(Arc::new(roots))
 }
@@ -385,10 +321,7 @@ fn common_name(name: &str) -> DistinguishedName {
 }
 
 fn set_dev_validity(params: &mut CertificateParams) {
-    let seconds_since_epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_secs())
-        .unwrap_or(0);
+    let seconds_since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_secs()).unwrap_or(0);
     // Approximate year (mean Gregorian year); only used to pick round validity bounds.
     let current_year = 1970 + (seconds_since_epoch / 31_556_952) as i32;
     params.not_before = rcgen::date_time_ymd(current_year - 1, 1, 1);
@@ -396,10 +329,7 @@ fn set_dev_validity(params: &mut CertificateParams) {
 }
 
 /// Signs a leaf certificate with the CA; returns (certificate PEM, private key PEM).
-fn issue_leaf(
-    mut params: CertificateParams,
-    ca: &CertifiedIssuer<'_, KeyPair>,
-) -> Result<(String, String), TlsError> {
+fn issue_leaf(mut params: CertificateParams, ca: &CertifiedIssuer<'_, KeyPair>) -> Result<(String, String), TlsError> {
     let generate = |error: rcgen::Error| TlsError::Generate(error.to_string());
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -414,20 +344,16 @@ fn validate_worker_names(worker_names: &[String]) -> Result<(), TlsError> {
     if worker_names.is_empty() {
         return Err(TlsError::InvalidName {
             name: String::new(),
-            reason: "the worker needs at least one DNS name or IP address (e.g. \"localhost\", \"127.0.0.1\") that edges will connect to".into(),
+            reason: "the worker needs at least one DNS name or IP address (e.g. \"localhost\", \"127.0.0.1\") that edges will connect to"
+                .into(),
         });
     }
     for name in worker_names {
-        let is_dns_name = !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+        let is_dns_name = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
         if name.parse::<IpAddr>().is_err() && !is_dns_name {
             return Err(TlsError::InvalidName {
                 name: name.clone(),
-                reason:
-                    "a worker name must be a DNS name (letters, digits, '-', '.') or an IP address"
-                        .into(),
+                reason: "a worker name must be a DNS name (letters, digits, '-', '.') or an IP address".into(),
             });
         }
     }
@@ -437,27 +363,15 @@ fn validate_worker_names(worker_names: &[String]) -> Result<(), TlsError> {
 /// Client names become file names in the PKI directory, so they must be plain, unique stems.
 fn validate_client_names(client_names: &[String]) -> Result<(), TlsError> {
     for (index, name) in client_names.iter().enumerate() {
-        let invalid = |reason: &str| TlsError::InvalidName {
-            name: name.clone(),
-            reason: reason.to_string(),
-        };
+        let invalid = |reason: &str| TlsError::InvalidName { name: name.clone(), reason: reason.to_string() };
         if name.is_empty() || name.starts_with('.') {
-            return Err(invalid(
-                "a client name must be non-empty and not start with '.'",
-            ));
+            return Err(invalid("a client name must be non-empty and not start with '.'"));
         }
-        if !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-        {
-            return Err(invalid(
-                "a client name may contain only letters, digits, '-', '_' and '.' (it becomes a file name)",
-            ));
+        if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
+            return Err(invalid("a client name may contain only letters, digits, '-', '_' and '.' (it becomes a file name)"));
         }
         if RESERVED_NAMES.contains(&name.as_str()) {
-            return Err(invalid(
-                "\"ca\" and \"worker\" are the CA's and the worker's own files",
-            ));
+            return Err(invalid("\"ca\" and \"worker\" are the CA's and the worker's own files"));
         }
         if client_names[..index].contains(name) {
             return Err(invalid("client names must be unique"));
@@ -468,10 +382,7 @@ fn validate_client_names(client_names: &[String]) -> Result<(), TlsError> {
 
 fn write_pem(path: &Path, contents: &str, private: bool, overwrite: bool) -> Result<(), TlsError> {
     use std::io::Write as _;
-    let write_error = |source| TlsError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
+    let write_error = |source| TlsError::Write { path: path.to_path_buf(), source };
     let mut options = fs::OpenOptions::new();
     options.write(true);
     if overwrite {
@@ -487,9 +398,7 @@ fn write_pem(path: &Path, contents: &str, private: bool, overwrite: bool) -> Res
     }
     let mut file = options.open(path).map_err(|source| {
         if source.kind() == io::ErrorKind::AlreadyExists {
-            TlsError::AlreadyExists {
-                path: path.to_path_buf(),
-            }
+            TlsError::AlreadyExists { path: path.to_path_buf() }
         } else {
             write_error(source)
         }
@@ -499,8 +408,7 @@ fn write_pem(path: &Path, contents: &str, private: bool, overwrite: bool) -> Res
         // The mode above only applies to newly created files; an overwritten key keeps its old
         // mode unless tightened here, before the key is written.
         use std::os::unix::fs::PermissionsExt as _;
-        file.set_permissions(fs::Permissions::from_mode(0o600))
-            .map_err(write_error)?;
+        file.set_permissions(fs::Permissions::from_mode(0o600)).map_err(write_error)?;
     }
     #[cfg(not(unix))]
     let _ = private;
@@ -524,13 +432,7 @@ mod tests {
     }
 
     fn dev_pki(dir: &Path) -> GeneratedPki {
-        generate_dev_pki(
-            dir,
-            &names(&["localhost", "127.0.0.1"]),
-            &names(&["edge-01"]),
-            false,
-        )
-        .expect("generate development PKI")
+        generate_dev_pki(dir, &names(&["localhost", "127.0.0.1"]), &names(&["edge-01"]), false).expect("generate development PKI")
     }
 
     /// What the server saw for one incoming connection: the number of client certificates on
@@ -538,15 +440,8 @@ mod tests {
     type ServerOutcome = Result<usize, String>;
 
     /// Echo server: each bidirectional stream gets its bytes sent back.
-    fn spawn_echo_server(
-        config: quinn::ServerConfig,
-    ) -> (
-        quinn::Endpoint,
-        SocketAddr,
-        mpsc::UnboundedReceiver<ServerOutcome>,
-    ) {
-        let endpoint =
-            quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).expect("bind server");
+    fn spawn_echo_server(config: quinn::ServerConfig) -> (quinn::Endpoint, SocketAddr, mpsc::UnboundedReceiver<ServerOutcome>) {
+        let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).expect("bind server");
         let address = endpoint.local_addr().expect("server address");
         let (outcome_sender, outcome_receiver) = mpsc::unbounded_channel();
         let accepting = endpoint.clone();
@@ -563,9 +458,7 @@ mod tests {
                     };
                     let client_certificates = connection
                         .peer_identity()
-                        .and_then(|identity| {
-                            identity.downcast::<Vec<CertificateDer<'static>>>().ok()
-                        })
+                        .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
                         .map(|certificates| certificates.len())
                         .unwrap_or(0);
                     let _ = outcome_sender.send(Ok(client_certificates));
@@ -584,30 +477,17 @@ mod tests {
     }
 
     /// Connects, sends PAYLOAD on one stream and returns what came back.
-    async fn echo_once(
-        config: quinn::ClientConfig,
-        server: SocketAddr,
-        server_name: &str,
-    ) -> Result<Vec<u8>, String> {
-        let endpoint =
-            quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).map_err(|e| e.to_string())?;
+    async fn echo_once(config: quinn::ClientConfig, server: SocketAddr, server_name: &str) -> Result<Vec<u8>, String> {
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).map_err(|e| e.to_string())?;
         let connection = endpoint
             .connect_with(config, server, server_name)
             .map_err(|e| format!("connect: {e}"))?
             .await
             .map_err(|e| format!("handshake: {e}"))?;
-        let (mut send, mut receive) = connection
-            .open_bi()
-            .await
-            .map_err(|e| format!("open stream: {e}"))?;
-        send.write_all(PAYLOAD)
-            .await
-            .map_err(|e| format!("write: {e}"))?;
+        let (mut send, mut receive) = connection.open_bi().await.map_err(|e| format!("open stream: {e}"))?;
+        send.write_all(PAYLOAD).await.map_err(|e| format!("write: {e}"))?;
         send.finish().map_err(|e| format!("finish: {e}"))?;
-        let echoed = receive
-            .read_to_end(1 << 16)
-            .await
-            .map_err(|e| format!("read echo: {e}"))?;
+        let echoed = receive.read_to_end(1 << 16).await.map_err(|e| format!("read echo: {e}"))?;
         connection.close(0u32.into(), b"done");
         Ok(echoed)
     }
@@ -624,10 +504,8 @@ mod tests {
             Ok(echoed) => panic!("client without a valid certificate got an echo: {echoed:?}"),
             Err(error) => eprintln!("client saw: {error}"),
         }
-        let server_outcome = timeout(FAILURE_DEADLINE, outcomes.recv())
-            .await
-            .expect("server should report the handshake")
-            .expect("server task alive");
+        let server_outcome =
+            timeout(FAILURE_DEADLINE, outcomes.recv()).await.expect("server should report the handshake").expect("server task alive");
         match server_outcome {
             Ok(certificates) => {
                 panic!("server accepted a connection with {certificates} client certificates")
@@ -640,18 +518,14 @@ mod tests {
     async fn client_with_certificate_from_the_ca_connects_and_echoes() {
         let dir = tempfile::tempdir().unwrap();
         let pki = dev_pki(dir.path());
-        let (_server_endpoint, address, mut outcomes) =
-            spawn_echo_server(server_config(&pki.worker).unwrap());
+        let (_server_endpoint, address, mut outcomes) = spawn_echo_server(server_config(&pki.worker).unwrap());
         let client = client_config(&pki.clients[0].1).unwrap();
 
         // Connecting by IP address proves "127.0.0.1" became an IP SAN, not a DNS name.
-        let echoed = timeout(
-            FAILURE_DEADLINE,
-            echo_once(client.clone(), address, "127.0.0.1"),
-        )
-        .await
-        .expect("echo within deadline")
-        .expect("echo over mutual TLS");
+        let echoed = timeout(FAILURE_DEADLINE, echo_once(client.clone(), address, "127.0.0.1"))
+            .await
+            .expect("echo within deadline")
+            .expect("echo over mutual TLS");
         assert_eq!(echoed, PAYLOAD);
         let echoed = timeout(FAILURE_DEADLINE, echo_once(client, address, "localhost"))
             .await
@@ -660,21 +534,14 @@ mod tests {
         assert_eq!(echoed, PAYLOAD);
 
         let client_certificates = outcomes.recv().await.unwrap().expect("server handshake");
-        assert_eq!(
-            client_certificates, 1,
-            "server should see the client's certificate"
-        );
+        assert_eq!(client_certificates, 1, "server should see the client's certificate");
     }
 
     #[tokio::test]
     async fn client_without_certificate_is_rejected() {
         let dir = tempfile::tempdir().unwrap();
         let pki = dev_pki(dir.path());
-        assert_rejected(
-            client_config_without_identity(&pki.ca).unwrap(),
-            server_config(&pki.worker).unwrap(),
-        )
-        .await;
+        assert_rejected(client_config_without_identity(&pki.ca).unwrap(), server_config(&pki.worker).unwrap()).await;
     }
 
     #[tokio::test]
@@ -685,16 +552,9 @@ mod tests {
         let foreign = dev_pki(foreign_dir.path());
         // Trusts the real CA (so the worker is accepted) but presents an identity signed by a
         // CA with the same name and a different key: only the signature tells them apart.
-        let impostor = TlsPaths {
-            ca_cert: trusted.ca.clone(),
-            cert: foreign.clients[0].1.cert.clone(),
-            key: foreign.clients[0].1.key.clone(),
-        };
-        assert_rejected(
-            client_config(&impostor).unwrap(),
-            server_config(&trusted.worker).unwrap(),
-        )
-        .await;
+        let impostor =
+            TlsPaths { ca_cert: trusted.ca.clone(), cert: foreign.clients[0].1.cert.clone(), key: foreign.clients[0].1.key.clone() };
+        assert_rejected(client_config(&impostor).unwrap(), server_config(&trusted.worker).unwrap()).await;
     }
 
     #[tokio::test]
@@ -703,22 +563,11 @@ mod tests {
         let foreign_dir = tempfile::tempdir().unwrap();
         let trusted = dev_pki(trusted_dir.path());
         let foreign = dev_pki(foreign_dir.path());
-        let (_server_endpoint, address, _outcomes) =
-            spawn_echo_server(server_config(&foreign.worker).unwrap());
-        let result = timeout(
-            FAILURE_DEADLINE,
-            echo_once(
-                client_config(&trusted.clients[0].1).unwrap(),
-                address,
-                "localhost",
-            ),
-        )
-        .await
-        .expect("failure within deadline");
-        assert!(
-            result.is_err(),
-            "edge accepted a worker signed by another CA"
-        );
+        let (_server_endpoint, address, _outcomes) = spawn_echo_server(server_config(&foreign.worker).unwrap());
+        let result = timeout(FAILURE_DEADLINE, echo_once(client_config(&trusted.clients[0].1).unwrap(), address, "localhost"))
+            .await
+            .expect("failure within deadline");
+        assert!(result.is_err(), "edge accepted a worker signed by another CA");
     }
 
     #[test]
@@ -727,46 +576,23 @@ mod tests {
         let pki = dev_pki(dir.path());
         let original_ca = fs::read(&pki.ca).unwrap();
 
-        let error = generate_dev_pki(
-            dir.path(),
-            &names(&["localhost"]),
-            &names(&["edge-01"]),
-            false,
-        )
-        .expect_err("second generation must not overwrite");
+        let error = generate_dev_pki(dir.path(), &names(&["localhost"]), &names(&["edge-01"]), false)
+            .expect_err("second generation must not overwrite");
         match &error {
             TlsError::AlreadyExists { path } => assert!(path.starts_with(dir.path())),
             other => panic!("expected AlreadyExists, got {other:?}"),
         }
         assert!(error.to_string().contains("ca.pem"), "{error}");
-        assert_eq!(
-            fs::read(&pki.ca).unwrap(),
-            original_ca,
-            "CA must be untouched"
-        );
+        assert_eq!(fs::read(&pki.ca).unwrap(), original_ca, "CA must be untouched");
 
         // A new client alone also collides with the existing CA files.
         assert!(matches!(
-            generate_dev_pki(
-                dir.path(),
-                &names(&["localhost"]),
-                &names(&["edge-02"]),
-                false
-            ),
+            generate_dev_pki(dir.path(), &names(&["localhost"]), &names(&["edge-02"]), false),
             Err(TlsError::AlreadyExists { .. })
         ));
-        assert!(
-            !dir.path().join("edge-02.pem").exists(),
-            "refusal must write nothing"
-        );
+        assert!(!dir.path().join("edge-02.pem").exists(), "refusal must write nothing");
 
-        generate_dev_pki(
-            dir.path(),
-            &names(&["localhost"]),
-            &names(&["edge-01"]),
-            true,
-        )
-        .expect("overwrite when asked");
+        generate_dev_pki(dir.path(), &names(&["localhost"]), &names(&["edge-01"]), true).expect("overwrite when asked");
         assert_ne!(fs::read(&pki.ca).unwrap(), original_ca, "CA regenerated");
     }
 
@@ -777,24 +603,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pki = dev_pki(dir.path());
         let mode = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o777;
-        for key in [
-            dir.path().join("ca.key"),
-            pki.worker.key.clone(),
-            pki.clients[0].1.key.clone(),
-        ] {
+        for key in [dir.path().join("ca.key"), pki.worker.key.clone(), pki.clients[0].1.key.clone()] {
             assert_eq!(mode(&key), 0o600, "{}", key.display());
         }
         assert_eq!(mode(&pki.ca) & 0o077, 0o044, "certificates stay readable");
 
         // Overwriting a key that was made world-readable tightens it again.
         fs::set_permissions(&pki.worker.key, fs::Permissions::from_mode(0o644)).unwrap();
-        generate_dev_pki(
-            dir.path(),
-            &names(&["localhost"]),
-            &names(&["edge-01"]),
-            true,
-        )
-        .unwrap();
+        generate_dev_pki(dir.path(), &names(&["localhost"]), &names(&["edge-01"]), true).unwrap();
         assert_eq!(mode(&pki.worker.key), 0o600);
     }
 
@@ -803,22 +619,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pki = dev_pki(dir.path());
         let missing = dir.path().join("missing.key");
-        let paths = TlsPaths {
-            key: missing.clone(),
-            ..pki.worker.clone()
-        };
-        for error in [
-            server_config(&paths).expect_err("server config without key"),
-            client_config(&paths).expect_err("client config without key"),
-        ] {
+        let paths = TlsPaths { key: missing.clone(), ..pki.worker.clone() };
+        for error in
+            [server_config(&paths).expect_err("server config without key"), client_config(&paths).expect_err("client config without key")]
+        {
             match &error {
                 TlsError::Read { path, .. } => assert_eq!(path, &missing),
                 other => panic!("expected Read, got {other:?}"),
             }
-            assert!(
-                error.to_string().contains(&*missing.to_string_lossy()),
-                "{error}"
-            );
+            assert!(error.to_string().contains(&*missing.to_string_lossy()), "{error}");
         }
     }
 
@@ -826,68 +635,36 @@ mod tests {
     fn swapped_certificate_and_key_are_reported() {
         let dir = tempfile::tempdir().unwrap();
         let pki = dev_pki(dir.path());
-        let swapped = TlsPaths {
-            ca_cert: pki.ca.clone(),
-            cert: pki.worker.key.clone(),
-            key: pki.worker.cert.clone(),
-        };
+        let swapped = TlsPaths { ca_cert: pki.ca.clone(), cert: pki.worker.key.clone(), key: pki.worker.cert.clone() };
         assert!(matches!(
             server_config(&swapped),
             Err(TlsError::NoCertificate { path }) if path == pki.worker.key
         ));
-        let key_as_key_and_cert = TlsPaths {
-            key: pki.worker.cert.clone(),
-            ..pki.worker.clone()
-        };
+        let key_as_key_and_cert = TlsPaths { key: pki.worker.cert.clone(), ..pki.worker.clone() };
         assert!(matches!(
             client_config(&key_as_key_and_cert),
             Err(TlsError::NoPrivateKey { path }) if path == pki.worker.cert
         ));
-        let mismatched = TlsPaths {
-            key: pki.clients[0].1.key.clone(),
-            ..pki.worker.clone()
-        };
-        assert!(matches!(
-            server_config(&mismatched),
-            Err(TlsError::Identity { .. })
-        ));
+        let mismatched = TlsPaths { key: pki.clients[0].1.key.clone(), ..pki.worker.clone() };
+        assert!(matches!(server_config(&mismatched), Err(TlsError::Identity { .. })));
     }
 
     #[test]
     fn client_names_that_would_clash_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        for bad in [
-            &["worker"][..],
-            &["../escape"],
-            &["edge", "edge"],
-            &[""],
-            &[".hidden"],
-        ] {
+        for bad in [&["worker"][..], &["../escape"], &["edge", "edge"], &[""], &[".hidden"]] {
             assert!(
-                matches!(
-                    generate_dev_pki(dir.path(), &names(&["localhost"]), &names(bad), false),
-                    Err(TlsError::InvalidName { .. })
-                ),
+                matches!(generate_dev_pki(dir.path(), &names(&["localhost"]), &names(bad), false), Err(TlsError::InvalidName { .. })),
                 "{bad:?} should be refused"
             );
         }
-        assert!(matches!(
-            generate_dev_pki(dir.path(), &[], &names(&["edge-01"]), false),
-            Err(TlsError::InvalidName { .. })
-        ));
-        assert_eq!(
-            fs::read_dir(dir.path()).unwrap().count(),
-            0,
-            "nothing written"
-        );
+        assert!(matches!(generate_dev_pki(dir.path(), &[], &names(&["edge-01"]), false), Err(TlsError::InvalidName { .. })));
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "nothing written");
     }
 
     #[test]
     fn tls_paths_parse_from_toml_and_reject_typos() {
-        let paths: TlsPaths = toml::from_str(
-            "ca_cert = \"pki/ca.pem\"\ncert = \"pki/worker.pem\"\nkey = \"pki/worker.key\"\n",
-        )
-        .unwrap();
+        let paths: TlsPaths = toml::from_str("ca_cert = \"pki/ca.pem\"\ncert = \"pki/worker.pem\"\nkey = \"pki/worker.key\"\n").unwrap();
         assert_eq!(paths.key, PathBuf::from("pki/worker.key"));
         let typo = toml::from_str::<TlsPaths>("ca_cert = \"a\"\ncert = \"b\"\nkye = \"c\"\n");
         assert!(typo.is_err());

@@ -83,10 +83,8 @@ impl Worker {
             let model = Model::load(session)?;
             let (tx, rx) = crossbeam_channel::bounded(config.batching.max_queue);
             let manifest = model.manifest.clone();
-            queues.insert(
-                name.clone(),
-                ModelQueue { tx, input_width: manifest.input.width, input_height: manifest.input.height, manifest },
-            );
+            queues
+                .insert(name.clone(), ModelQueue { tx, input_width: manifest.input.width, input_height: manifest.input.height, manifest });
             let max_batch = config.batching.max_batch.min(model.max_batch);
             let max_wait = Duration::from_millis(config.batching.max_wait_ms);
             let (stats, stop) = (stats.clone(), stop.clone());
@@ -219,7 +217,10 @@ impl Server {
         let deadline = received + Duration::from_millis(request.deadline_ms as u64);
         let Some(queue) = self.queues.get(&request.model) else {
             let known: Vec<&String> = self.queues.keys().collect();
-            return ResponseBody::Error { code: ErrorCode::UnknownModel, message: format!("no model {:?}; this worker serves {known:?}", request.model) };
+            return ResponseBody::Error {
+                code: ErrorCode::UnknownModel,
+                message: format!("no model {:?}; this worker serves {known:?}", request.model),
+            };
         };
         let (width, height) = (request.width, request.height);
         let manifest = queue.manifest.clone();
@@ -242,7 +243,10 @@ impl Server {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 self.stats.rejected_overloaded.fetch_add(1, Ordering::Relaxed);
-                return ResponseBody::Error { code: ErrorCode::Overloaded, message: format!("queue of {} frames is full", queue.tx.capacity().unwrap_or(0)) };
+                return ResponseBody::Error {
+                    code: ErrorCode::Overloaded,
+                    message: format!("queue of {} frames is full", queue.tx.capacity().unwrap_or(0)),
+                };
             }
             Err(TrySendError::Disconnected(_)) => {
                 return ResponseBody::Error { code: ErrorCode::Internal, message: "worker is shutting down".into() };

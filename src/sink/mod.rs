@@ -50,9 +50,16 @@ pub fn voc_palette() -> [[u8; 3]; 256] {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum MaskSource {
     Local,
-    Remote { worker: String, batch_size: u16, worker_queue_ms: f64, worker_inference_ms: f64 },
+    Remote {
+        worker: String,
+        batch_size: u16,
+        worker_queue_ms: f64,
+        worker_inference_ms: f64,
+    },
     /// Sent to the remote path but answered by the small network because of `reason`.
-    Fallback { reason: String },
+    Fallback {
+        reason: String,
+    },
 }
 
 impl MaskSource {
@@ -103,8 +110,7 @@ pub fn class_shares(map: &ClassMap) -> Vec<(u8, f64)> {
         counts[c as usize] += 1;
     }
     let total = map.classes.len().max(1) as f64;
-    let mut shares: Vec<(u8, f64)> =
-        counts.iter().enumerate().filter(|(_, &n)| n > 0).map(|(c, &n)| (c as u8, n as f64 / total)).collect();
+    let mut shares: Vec<(u8, f64)> = counts.iter().enumerate().filter(|(_, &n)| n > 0).map(|(c, &n)| (c as u8, n as f64 / total)).collect();
     shares.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     shares
 }

@@ -34,10 +34,8 @@ impl OverlayWriter {
             .map_err(|e| err(format!("output.overlay_encoder does not parse ({e}): {encoder}")))?
             .downcast::<gst::Pipeline>()
             .map_err(|_| err("overlay description is not a pipeline".into()))?;
-        let appsrc = pipeline
-            .by_name("src")
-            .and_then(|e| e.downcast::<gst_app::AppSrc>().ok())
-            .ok_or_else(|| err("appsrc missing".into()))?;
+        let appsrc =
+            pipeline.by_name("src").and_then(|e| e.downcast::<gst_app::AppSrc>().ok()).ok_or_else(|| err("appsrc missing".into()))?;
         let caps = gst::Caps::builder("video/x-raw")
             .field("format", "BGR")
             .field("width", width as i32)
