@@ -119,7 +119,7 @@ fn sigterm_finishes_in_flight_frames_and_flushes_outputs() {
     let dir = tempfile::tempdir().unwrap();
     let config = edge_config(dir.path(), &short_video(), "");
     let testsrc = common::root().join("pipelines/testsrc.pipeline");
-    let mut child = std::process::Command::new(common::bin())
+    let child = std::process::Command::new(common::bin())
         .args(["run", "--config", config.to_str().unwrap(), "--pipeline", testsrc.to_str().unwrap()])
         .args(["--set", "ingest.live=\"auto\"", "--set", "ingest.params.pattern=smpte", "--set", "ingest.params.width=160"])
         .args(["--set", "ingest.params.height=120", "--set", "ingest.params.framerate=\"15/1\"", "--set", "ingest.params.num_buffers=-1"])

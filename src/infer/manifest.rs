@@ -98,16 +98,16 @@ impl ModelManifest {
         if !(1..=4096).contains(&self.input.height) {
             return bad("input.height", self.input.height.to_string(), "is outside 1..=4096");
         }
-        if !(self.input.scale > 0.0) {
+        if self.input.scale.is_nan() || self.input.scale <= 0.0 {
             return bad("input.scale", self.input.scale.to_string(), "must be positive");
         }
-        if self.input.std.iter().any(|s| !(*s > 0.0)) {
+        if self.input.std.iter().any(|s| s.is_nan() || *s <= 0.0) {
             return bad("input.std", format!("{:?}", self.input.std), "must be positive in every channel");
         }
         if self.output.classes.is_empty() || self.output.classes.len() > 255 {
             return bad("output.classes", self.output.classes.len().to_string(), "must name between 1 and 255 classes");
         }
-        if !(self.gflops >= 0.0) {
+        if self.gflops.is_nan() || self.gflops < 0.0 {
             return bad("gflops", self.gflops.to_string(), "must be zero or positive");
         }
         Ok(())

@@ -330,7 +330,7 @@ impl Shared {
                 };
                 let map = ClassMap { width: mask.width, height: mask.height, classes: mask.class_map };
                 let segmented = job.into_segmented(map, source);
-                let _ = tokio::task::block_in_place(|| self.answered.send(segmented));
+                let _ = tokio::task::block_in_place(|| self.answered.send(segmented).is_ok());
             }
             Err(failure) => {
                 self.health.record_failure();
