@@ -282,7 +282,7 @@ pub fn transport(frames: usize, sizes: &[String], concurrency: usize) -> Result<
     let server_runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().map_err(|e| setup(&e))?;
     let (quic_addr, tcp_addr, server) = {
         let _inside = server_runtime.enter();
-        let server = quinn::Endpoint::server(crate::remote::tls::server_config(&pki.worker)?, "127.0.0.1:0".parse().expect("literal"))
+        let server = crate::remote::endpoint("127.0.0.1:0".parse().expect("literal"), Some(crate::remote::tls::server_config(&pki.worker)?))
             .map_err(|e| setup(&e))?;
         let quic_addr = server.local_addr().map_err(|e| setup(&e))?;
         server_runtime.spawn(quic_server(server.clone()));
@@ -294,7 +294,7 @@ pub fn transport(frames: usize, sizes: &[String], concurrency: usize) -> Result<
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| setup(&e))?;
     let result = runtime.block_on(async {
-        let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().expect("literal")).map_err(|e| BenchError::Setup(e.to_string()))?;
+        let mut client = crate::remote::endpoint("127.0.0.1:0".parse().expect("literal"), None).map_err(|e| BenchError::Setup(e.to_string()))?;
         client.set_default_client_config(crate::remote::tls::client_config(&pki.clients[0].1)?);
         let connection = client
             .connect(quic_addr, "localhost")

@@ -121,7 +121,7 @@ impl RemoteClient {
             if self.workers.iter().any(|w| w.addr.is_ipv6()) { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("literal socket address");
         let mut endpoint = {
             let _guard = runtime.enter();
-            quinn::Endpoint::client(bind).map_err(ClientError::Endpoint)?
+            super::endpoint(bind, None).map_err(ClientError::Endpoint)?
         };
         endpoint.set_default_client_config(self.client_config.clone());
 

@@ -6,3 +6,32 @@ pub mod image;
 pub mod proto;
 pub mod tls;
 pub mod worker;
+
+use std::net::SocketAddr;
+
+/// UDP socket buffer asked for (the kernel caps it at `net.core.rmem_max`/`wmem_max`). A frame
+/// is hundreds of packets and several frames are in flight; Linux's default ~200 KB receive
+/// buffer overflows under such bursts, and every drop costs QUIC a retransmission and a
+/// congestion-window cut.
+const UDP_BUFFER_BYTES: usize = 8 << 20;
+
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // Accept IPv4 too when bound to [::].
+        let _ = socket.set_only_v6(false);
+    }
+    // Best effort: a smaller buffer still works, only with more drops under load.
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER_BYTES);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// A QUIC endpoint on `addr` with enlarged socket buffers; a server when `server` is given.
+/// Must be called inside a tokio runtime.
+pub fn endpoint(addr: SocketAddr, server: Option<quinn::ServerConfig>) -> std::io::Result<quinn::Endpoint> {
+    let runtime = quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime"))?;
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), server, udp_socket(addr)?, runtime)
+}

@@ -108,7 +108,7 @@ impl Worker {
         })?;
         let endpoint = {
             let _guard = runtime.enter();
-            quinn::Endpoint::server(server_config, addr).map_err(|source| WorkerError::Listen { addr: config.listen.clone(), source })?
+            super::endpoint(addr, Some(server_config)).map_err(|source| WorkerError::Listen { addr: config.listen.clone(), source })?
         };
         let local_addr = endpoint.local_addr().map_err(|source| WorkerError::Listen { addr: config.listen.clone(), source })?;
         let limits = Limits { max_message_bytes: config.max_message_mib << 20, ..Limits::default() };
