@@ -126,20 +126,22 @@ impl Source {
         appsink.set_property("sync", false);
         appsink.set_max_buffers(2);
 
-        // Live sources answer the change to PAUSED with NO_PREROLL: that is how GStreamer says "live".
-        let state = pipeline.set_state(gst::State::Paused).and_then(|paused| pipeline.set_state(gst::State::Playing).map(|_| paused));
-        let live = match state {
-            Ok(gst::StateChangeSuccess::NoPreroll) => true,
-            Ok(_) => false,
-            Err(_) => {
-                let err = bus_error(&pipeline, &spec.origin, Duration::from_secs(2)).unwrap_or_else(|| IngestError::Start {
-                    origin: spec.origin.clone(),
-                    message: "state change to PLAYING failed".to_string(),
-                });
-                let _ = pipeline.set_state(gst::State::Null);
-                return Err(err);
-            }
+        // As gst-launch does: PAUSED first, where a live source answers NO_PREROLL (that is how
+        // GStreamer says "live") and anything else prerolls its first frame or fails; PLAYING
+        // only after that, so a failing source is never raced by the second state change.
+        let paused = pipeline.set_state(gst::State::Paused);
+        let prerolled = match paused {
+            Ok(gst::StateChangeSuccess::Async) => pipeline.state(gst::ClockTime::from_seconds(10)).0,
+            other => other,
         };
+        let playing = prerolled.and_then(|_| pipeline.set_state(gst::State::Playing));
+        if playing.is_err() {
+            let err = bus_error(&pipeline, &spec.origin, Duration::from_secs(2))
+                .unwrap_or_else(|| IngestError::Start { origin: spec.origin.clone(), message: "state change to PLAYING failed".to_string() });
+            let _ = pipeline.set_state(gst::State::Null);
+            return Err(err);
+        }
+        let live = matches!(paused, Ok(gst::StateChangeSuccess::NoPreroll));
         let live = match liveness {
             Liveness::Auto => live,
             Liveness::Live => true,
