@@ -122,6 +122,9 @@ pub struct OutputConfig {
     pub overlay_alpha: f32,
     #[serde(default = "default_overlay_encoder")]
     pub overlay_encoder: String,
+    /// Period of the `metrics.jsonl` samples (queue depths, remote health); 0 turns them off.
+    #[serde(default = "default_metrics_interval_ms")]
+    pub metrics_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -240,6 +243,9 @@ fn default_alpha() -> f32 {
 }
 fn default_overlay_encoder() -> String {
     "videoconvert ! openh264enc ! h264parse ! mp4mux".to_string()
+}
+fn default_metrics_interval_ms() -> u64 {
+    1000
 }
 fn default_routing() -> Routing {
     Routing::Local
@@ -428,6 +434,8 @@ impl EdgeConfig {
             "is outside 1..=100000",
         )?;
         c.check((0.0..=1.0).contains(&self.output.overlay_alpha), "output.overlay_alpha", self.output.overlay_alpha, "is outside 0..=1")?;
+        let interval = self.output.metrics_interval_ms;
+        c.check(interval == 0 || (10..=3_600_000).contains(&interval), "output.metrics_interval_ms", interval, "must be 0 (off) or within 10..=3600000")?;
         c.check(!self.output.overlay_encoder.trim().is_empty(), "output.overlay_encoder", "\"\"", "is empty")?;
         let r = &self.remote;
         c.check(r.every_nth >= 1, "remote.every_nth", r.every_nth, "must be at least 1")?;

@@ -114,6 +114,46 @@ fn stage<F: FnOnce() + Send + 'static>(name: &'static str, f: F) -> (&'static st
     (name, std::thread::Builder::new().name(name.to_string()).spawn(f).expect("spawning a pipeline stage thread"))
 }
 
+/// One line of `metrics.jsonl`.
+#[derive(Serialize)]
+struct MetricsSample {
+    t_s: f64,
+    frames_in: u64,
+    dropped: u64,
+    queues: BTreeMap<&'static str, usize>,
+    remote: Option<RemoteHealthSnapshot>,
+}
+
+struct MetricsWriter {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+}
+
+impl MetricsWriter {
+    /// Metrics are an aid, not an output the run depends on: failures are logged, not fatal.
+    fn create(dir: &std::path::Path) -> Option<Self> {
+        let path = dir.join("metrics.jsonl");
+        match std::fs::File::create(&path) {
+            Ok(file) => Some(MetricsWriter { path, file }),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot write metrics");
+                None
+            }
+        }
+    }
+
+    fn write(&mut self, sample: &MetricsSample) {
+        use std::io::Write;
+        let line = serde_json::to_string(sample).map(|mut l| {
+            l.push('\n');
+            l
+        });
+        if let Err(e) = line.map_err(std::io::Error::from).and_then(|l| self.file.write_all(l.as_bytes())) {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot write metrics");
+        }
+    }
+}
+
 /// A stage that turns each message into one for the next stage. A failure is recorded and
 /// stops intake; the stage keeps draining so the frames behind it still come out.
 fn map_stage<I: Send + 'static, O: Send + 'static>(
@@ -242,18 +282,28 @@ pub fn run(config: &EdgeConfig, stop: Arc<AtomicBool>) -> Result<RunOutcome, Pip
         std::thread::Builder::new().name("sink".into()).spawn(move || sink.run(segmented_rx)).expect("spawning the sink thread");
 
     // Queue depths are sampled while the run lasts; the control unit will read the same gauges.
+    // Queue depths are sampled while the run lasts (the control unit will read the same gauges)
+    // and written with remote health to metrics.jsonl, so a live deployment can be watched.
     let monitor_done = Arc::new(AtomicBool::new(false));
     let monitor = {
-        let queues = queues.clone();
-        let done = monitor_done.clone();
-        let health = health.clone();
+        let (queues, health, stats, done) = (queues.clone(), health.clone(), ingest.stats.clone(), monitor_done.clone());
+        let interval = Duration::from_millis(config.output.metrics_interval_ms);
+        let mut metrics = (!interval.is_zero()).then(|| MetricsWriter::create(&config.output.dir)).flatten();
+        let remote_enabled = config.remote.routing != Routing::Local;
         stage("monitor", move || {
-            let mut last_log = Instant::now();
+            let mut last_write = Instant::now();
             while !done.load(Ordering::Relaxed) {
                 let depths = queues.sample();
-                if last_log.elapsed() >= Duration::from_secs(5) {
-                    tracing::debug!(?depths, remote = ?health.snapshot(), "queue depths");
-                    last_log = Instant::now();
+                if let Some(writer) = metrics.as_mut().filter(|_| last_write.elapsed() >= interval) {
+                    last_write = Instant::now();
+                    let sample = MetricsSample {
+                        t_s: started.elapsed().as_secs_f64(),
+                        frames_in: stats.frames_in.load(Ordering::Relaxed),
+                        dropped: stats.dropped.load(Ordering::Relaxed),
+                        queues: depths.iter().map(|(name, depth, _)| (*name, *depth)).collect(),
+                        remote: remote_enabled.then(|| health.snapshot()),
+                    };
+                    writer.write(&sample);
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }

@@ -123,6 +123,7 @@ fn sigterm_finishes_in_flight_frames_and_flushes_outputs() {
         .args(["run", "--config", config.to_str().unwrap(), "--pipeline", testsrc.to_str().unwrap()])
         .args(["--set", "ingest.live=\"auto\"", "--set", "ingest.params.pattern=smpte", "--set", "ingest.params.width=160"])
         .args(["--set", "ingest.params.height=120", "--set", "ingest.params.framerate=\"15/1\"", "--set", "ingest.params.num_buffers=-1"])
+        .args(["--set", "output.metrics_interval_ms=100"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -143,6 +144,19 @@ fn sigterm_finishes_in_flight_frames_and_flushes_outputs() {
     assert!(recs.len() >= 5);
     assert_eq!(recs.len() as u64, frames_in - dropped, "every frame that entered came out");
     assert_eq!(count_frames(&out.join("overlay.mp4")), recs.len(), "overlay video was finalised with every frame");
+
+    // Queue depths were observable while it ran.
+    let metrics: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(metrics.len() >= 2, "{metrics:?}");
+    for name in ["frames", "local", "prepared", "inferred", "segmented"] {
+        assert!(metrics[0]["queues"][name].as_u64().is_some(), "no depth for queue {name}: {}", metrics[0]);
+    }
+    let frames_in: Vec<u64> = metrics.iter().map(|m| m["frames_in"].as_u64().unwrap()).collect();
+    assert!(frames_in.windows(2).all(|w| w[0] <= w[1]) && frames_in.last() > frames_in.first(), "{frames_in:?}");
 }
 
 extern "C" {
