@@ -28,7 +28,8 @@ bench-transport: build
 	target/release/edgeseg bench transport
 
 fuzz:
-	cd fuzz && $(CARGO) +nightly fuzz run decode -- -max_total_time=60
+	mkdir -p fuzz/corpus/decode
+	$(CARGO) +nightly fuzz run decode fuzz/corpus/decode fuzz/seeds -- -max_total_time=120
 
 clean:
 	$(CARGO) clean
