@@ -186,7 +186,7 @@ async fn measure<T: Transport>(
     frames: usize,
     concurrency: usize,
 ) -> Result<TransportResult, String> {
-    for _ in 0..5 {
+    for _ in 0..20 {
         transport.round_trip(request.clone()).await?;
     }
     let mut rtt = LatencyStats::default();
@@ -282,8 +282,9 @@ pub fn transport(frames: usize, sizes: &[String], concurrency: usize) -> Result<
     let server_runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().map_err(|e| setup(&e))?;
     let (quic_addr, tcp_addr, server) = {
         let _inside = server_runtime.enter();
-        let server = crate::remote::endpoint("127.0.0.1:0".parse().expect("literal"), Some(crate::remote::tls::server_config(&pki.worker)?))
-            .map_err(|e| setup(&e))?;
+        let server =
+            crate::remote::endpoint("127.0.0.1:0".parse().expect("literal"), Some(crate::remote::tls::server_config(&pki.worker)?))
+                .map_err(|e| setup(&e))?;
         let quic_addr = server.local_addr().map_err(|e| setup(&e))?;
         server_runtime.spawn(quic_server(server.clone()));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| setup(&e))?;
@@ -294,7 +295,8 @@ pub fn transport(frames: usize, sizes: &[String], concurrency: usize) -> Result<
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| setup(&e))?;
     let result = runtime.block_on(async {
-        let mut client = crate::remote::endpoint("127.0.0.1:0".parse().expect("literal"), None).map_err(|e| BenchError::Setup(e.to_string()))?;
+        let mut client =
+            crate::remote::endpoint("127.0.0.1:0".parse().expect("literal"), None).map_err(|e| BenchError::Setup(e.to_string()))?;
         client.set_default_client_config(crate::remote::tls::client_config(&pki.clients[0].1)?);
         let connection = client
             .connect(quic_addr, "localhost")

@@ -435,7 +435,12 @@ impl EdgeConfig {
         )?;
         c.check((0.0..=1.0).contains(&self.output.overlay_alpha), "output.overlay_alpha", self.output.overlay_alpha, "is outside 0..=1")?;
         let interval = self.output.metrics_interval_ms;
-        c.check(interval == 0 || (10..=3_600_000).contains(&interval), "output.metrics_interval_ms", interval, "must be 0 (off) or within 10..=3600000")?;
+        c.check(
+            interval == 0 || (10..=3_600_000).contains(&interval),
+            "output.metrics_interval_ms",
+            interval,
+            "must be 0 (off) or within 10..=3600000",
+        )?;
         c.check(!self.output.overlay_encoder.trim().is_empty(), "output.overlay_encoder", "\"\"", "is empty")?;
         let r = &self.remote;
         c.check(r.every_nth >= 1, "remote.every_nth", r.every_nth, "must be at least 1")?;

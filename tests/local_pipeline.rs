@@ -146,11 +146,8 @@ fn sigterm_finishes_in_flight_frames_and_flushes_outputs() {
     assert_eq!(count_frames(&out.join("overlay.mp4")), recs.len(), "overlay video was finalised with every frame");
 
     // Queue depths were observable while it ran.
-    let metrics: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let metrics: Vec<serde_json::Value> =
+        std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert!(metrics.len() >= 2, "{metrics:?}");
     for name in ["frames", "local", "prepared", "inferred", "segmented"] {
         assert!(metrics[0]["queues"][name].as_u64().is_some(), "no depth for queue {name}: {}", metrics[0]);

@@ -136,8 +136,10 @@ impl Source {
         };
         let playing = prerolled.and_then(|_| pipeline.set_state(gst::State::Playing));
         if playing.is_err() {
-            let err = bus_error(&pipeline, &spec.origin, Duration::from_secs(2))
-                .unwrap_or_else(|| IngestError::Start { origin: spec.origin.clone(), message: "state change to PLAYING failed".to_string() });
+            let err = bus_error(&pipeline, &spec.origin, Duration::from_secs(2)).unwrap_or_else(|| IngestError::Start {
+                origin: spec.origin.clone(),
+                message: "state change to PLAYING failed".to_string(),
+            });
             let _ = pipeline.set_state(gst::State::Null);
             return Err(err);
         }
