@@ -12,7 +12,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::config::{EdgeConfig, Routing};
 use crate::infer::Model;
@@ -158,18 +158,19 @@ impl Transport for Quic {
     }
 }
 
-/// The TCP baseline: one connection per concurrent requester (TCP has no streams), requests
-/// and replies length-prefixed back to back.
-struct Tcp {
-    connections: Vec<tokio::sync::Mutex<tokio::net::TcpStream>>,
+/// The TCP baselines (plain, and with the same TLS 1.3 as QUIC): one connection per concurrent
+/// requester (TCP has no streams), requests and replies length-prefixed back to back.
+struct Tcp<S> {
+    connections: Vec<tokio::sync::Mutex<S>>,
     next: std::sync::atomic::AtomicUsize,
 }
 
-impl Transport for Tcp {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for Tcp<S> {
     async fn round_trip(&self, request: Arc<Vec<u8>>) -> Result<(), String> {
         let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.connections.len();
         let mut stream = self.connections[i].lock().await;
         stream.write_all(&request).await.map_err(|e| e.to_string())?;
+        stream.flush().await.map_err(|e| e.to_string())?;
         let mut prefix = [0u8; 4];
         stream.read_exact(&mut prefix).await.map_err(|e| e.to_string())?;
         let len = proto::body_length(prefix, &Limits::default()).map_err(|e| e.to_string())?;
@@ -237,27 +238,39 @@ async fn quic_server(endpoint: quinn::Endpoint) {
     }
 }
 
-async fn tcp_server(listener: tokio::net::TcpListener) {
-    while let Ok((mut stream, _)) = listener.accept().await {
+async fn tcp_server(listener: tokio::net::TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
+    while let Ok((stream, _)) = listener.accept().await {
         let _ = stream.set_nodelay(true);
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let limits = Limits::default();
-            loop {
-                let mut prefix = [0u8; 4];
-                if stream.read_exact(&mut prefix).await.is_err() {
-                    return;
+            match tls {
+                Some(acceptor) => {
+                    if let Ok(stream) = acceptor.accept(stream).await {
+                        serve_length_prefixed(stream).await;
+                    }
                 }
-                let Ok(len) = proto::body_length(prefix, &limits) else { return };
-                let mut body = vec![0u8; len];
-                if stream.read_exact(&mut body).await.is_err() {
-                    return;
-                }
-                let Ok(reply) = echo_response(&body, &limits) else { return };
-                if stream.write_all(&reply).await.is_err() {
-                    return;
-                }
+                None => serve_length_prefixed(stream).await,
             }
         });
+    }
+}
+
+async fn serve_length_prefixed<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) {
+    let limits = Limits::default();
+    loop {
+        let mut prefix = [0u8; 4];
+        if stream.read_exact(&mut prefix).await.is_err() {
+            return;
+        }
+        let Ok(len) = proto::body_length(prefix, &limits) else { return };
+        let mut body = vec![0u8; len];
+        if stream.read_exact(&mut body).await.is_err() {
+            return;
+        }
+        let Ok(reply) = echo_response(&body, &limits) else { return };
+        if stream.write_all(&reply).await.is_err() || stream.flush().await.is_err() {
+            return;
+        }
     }
 }
 
@@ -271,104 +284,123 @@ fn parse_size(s: &str) -> Result<(u32, u32), BenchError> {
     Ok((w, h))
 }
 
+fn tcp_listener(tls: Option<tokio_rustls::TlsAcceptor>, runtime: &tokio::runtime::Runtime) -> Result<std::net::SocketAddr, BenchError> {
+    let setup = |e: std::io::Error| BenchError::Setup(e.to_string());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(setup)?;
+    listener.set_nonblocking(true).map_err(setup)?;
+    let addr = listener.local_addr().map_err(setup)?;
+    let listener = {
+        let _inside = runtime.enter();
+        tokio::net::TcpListener::from_std(listener).map_err(setup)?
+    };
+    runtime.spawn(tcp_server(listener, tls));
+    Ok(addr)
+}
+
+async fn tcp_connections<S>(
+    addr: std::net::SocketAddr,
+    count: usize,
+    wrap: impl AsyncFn(tokio::net::TcpStream) -> std::io::Result<S>,
+) -> Result<Arc<Tcp<S>>, BenchError> {
+    let mut connections = Vec::new();
+    for _ in 0..count {
+        let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| BenchError::Setup(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        connections.push(tokio::sync::Mutex::new(wrap(stream).await.map_err(|e| BenchError::Setup(e.to_string()))?));
+    }
+    Ok(Arc::new(Tcp { connections, next: Default::default() }))
+}
+
+struct Row {
+    name: &'static str,
+    result: TransportResult,
+}
+
 pub fn transport(frames: usize, sizes: &[String], concurrency: usize) -> Result<(), BenchError> {
+    use crate::remote::tls;
     let sizes = sizes.iter().map(|s| parse_size(s)).collect::<Result<Vec<_>, _>>()?;
     let (frames, concurrency) = (frames.max(1), concurrency.max(1));
     let dir = tempfile_dir()?;
-    let pki = crate::remote::tls::generate_dev_pki(&dir, &["localhost".into()], &["bench".into()], true)?;
+    let pki = tls::generate_dev_pki(&dir, &["localhost".into()], &["bench".into()], true)?;
+    let identity = &pki.clients[0].1;
     // Like a real deployment, the servers and the client run on separate threads (one core
-    // each here), for both transports alike.
+    // each here), for every transport alike.
     let setup = |e: &dyn std::fmt::Display| BenchError::Setup(e.to_string());
     let server_runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().map_err(|e| setup(&e))?;
-    let (quic_addr, tcp_addr, server) = {
+    let server = {
         let _inside = server_runtime.enter();
-        let server =
-            crate::remote::endpoint("127.0.0.1:0".parse().expect("literal"), Some(crate::remote::tls::server_config(&pki.worker)?))
-                .map_err(|e| setup(&e))?;
-        let quic_addr = server.local_addr().map_err(|e| setup(&e))?;
-        server_runtime.spawn(quic_server(server.clone()));
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| setup(&e))?;
-        listener.set_nonblocking(true).map_err(|e| setup(&e))?;
-        let tcp_addr = listener.local_addr().map_err(|e| setup(&e))?;
-        server_runtime.spawn(tcp_server(tokio::net::TcpListener::from_std(listener).map_err(|e| setup(&e))?));
-        (quic_addr, tcp_addr, server)
+        crate::remote::endpoint("127.0.0.1:0".parse().expect("literal"), Some(tls::server_config(&pki.worker)?)).map_err(|e| setup(&e))?
     };
+    let quic_addr = server.local_addr().map_err(|e| setup(&e))?;
+    server_runtime.spawn(quic_server(server.clone()));
+    let tcp_addr = tcp_listener(None, &server_runtime)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::rustls_server_config(&pki.worker)?));
+    let tls_addr = tcp_listener(Some(acceptor), &server_runtime)?;
+
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| setup(&e))?;
     let result = runtime.block_on(async {
-        let mut client =
-            crate::remote::endpoint("127.0.0.1:0".parse().expect("literal"), None).map_err(|e| BenchError::Setup(e.to_string()))?;
-        client.set_default_client_config(crate::remote::tls::client_config(&pki.clients[0].1)?);
-        let connection = client
-            .connect(quic_addr, "localhost")
-            .map_err(|e| BenchError::Setup(e.to_string()))?
-            .await
-            .map_err(|e| BenchError::Setup(e.to_string()))?;
+        let mut client = crate::remote::endpoint("127.0.0.1:0".parse().expect("literal"), None).map_err(|e| setup(&e))?;
+        client.set_default_client_config(tls::client_config(identity)?);
+        let connection = client.connect(quic_addr, "localhost").map_err(|e| setup(&e))?.await.map_err(|e| setup(&e))?;
         let quic = Arc::new(Quic { connection });
-        let mut connections = Vec::new();
-        for _ in 0..concurrency {
-            let s = tokio::net::TcpStream::connect(tcp_addr).await.map_err(|e| BenchError::Setup(e.to_string()))?;
-            let _ = s.set_nodelay(true);
-            connections.push(tokio::sync::Mutex::new(s));
-        }
-        let tcp = Arc::new(Tcp { connections, next: Default::default() });
+        let tcp = tcp_connections(tcp_addr, concurrency, async |s| Ok(s)).await?;
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(tls::rustls_client_config(identity)?));
+        let server_name = rustls_pki_types::ServerName::try_from("localhost").expect("literal DNS name");
+        let tls_tcp = tcp_connections(tls_addr, concurrency, async |s| connector.connect(server_name.clone(), s).await).await?;
 
         println!(
             "bench transport: {frames} sequential round trips per size, then {concurrency} in flight for {} s, loopback",
             THROUGHPUT_WINDOW.as_secs()
         );
+        println!("  QUIC and TLS/TCP use the same mutual TLS 1.3; TCP is the plain baseline the targets refer to.");
         println!(
-            "  {:>9} {:>8} | {:>9} {:>9} {:>8} | {:>9} {:>9} {:>8} | {:>9} {:>9}",
-            "size", "bytes", "quic p50", "quic p99", "quic f/s", "tcp p50", "tcp p99", "tcp f/s", "rtt ratio", "tput ratio"
+            "  {:>9} {:>7} | {:>8} {:>8} {:>8} | {:>8} {:>8} {:>8} | {:>8} {:>8} {:>8} | {:>11} {:>11} | {:>11} {:>11}",
+            "size", "bytes", "quic p50", "p99", "f/s", "tcp p50", "p99", "f/s", "tls p50", "p99", "f/s",
+            "rtt q/tcp", "tput q/tcp", "rtt q/tls", "tput q/tls"
         );
-        let (mut rtt_ratios, mut tput_ratios) = (Vec::new(), Vec::new());
+        let (mut vs_tcp, mut vs_tls) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
         for (i, (w, h)) in sizes.into_iter().enumerate() {
-            let image = crate::remote::image::encode(&synthetic_frame(w, h), w, h, ImageEncoding::Jpeg, 90)
-                .map_err(|e| BenchError::Setup(e.to_string()))?;
-            let request = Request {
-                frame_id: 1,
-                deadline_ms: 10_000,
-                model: "large".into(),
-                width: w,
-                height: h,
-                encoding: ImageEncoding::Jpeg,
-                image,
-            };
+            let image = crate::remote::image::encode(&synthetic_frame(w, h), w, h, ImageEncoding::Jpeg, 90).map_err(|e| setup(&e))?;
+            let request = Request { frame_id: 1, deadline_ms: 10_000, model: "large".into(), width: w, height: h, encoding: ImageEncoding::Jpeg, image };
             let mut bytes = Vec::new();
-            proto::encode_request(&request, &mut bytes).map_err(|e| BenchError::Setup(e.to_string()))?;
+            proto::encode_request(&request, &mut bytes).map_err(|e| setup(&e))?;
             let bytes = Arc::new(bytes);
-            // Alternate which transport goes first between sizes, so neither always gets a warmer machine.
-            let (q, t) = if i % 2 == 0 {
-                let q = measure(quic.clone(), bytes.clone(), frames, concurrency).await;
-                (q, measure(tcp.clone(), bytes.clone(), frames, concurrency).await)
-            } else {
-                let t = measure(tcp.clone(), bytes.clone(), frames, concurrency).await;
-                (measure(quic.clone(), bytes.clone(), frames, concurrency).await, t)
-            };
-            let (q, t) = (q.map_err(BenchError::Transport)?, t.map_err(BenchError::Transport)?);
-            let (qp, tp) = (q.rtt.percentiles(), t.rtt.percentiles());
-            let rtt_ratio = qp.p50_ms / tp.p50_ms;
-            let tput_ratio = q.frames_per_s / t.frames_per_s;
+            // Rotate which transport goes first between sizes, so none always gets a warmer machine.
+            let mut rows = Vec::new();
+            for k in 0..3 {
+                let (name, result) = match (i + k) % 3 {
+                    0 => ("quic", measure(quic.clone(), bytes.clone(), frames, concurrency).await),
+                    1 => ("tcp", measure(tcp.clone(), bytes.clone(), frames, concurrency).await),
+                    _ => ("tls", measure(tls_tcp.clone(), bytes.clone(), frames, concurrency).await),
+                };
+                rows.push(Row { name, result: result.map_err(BenchError::Transport)? });
+            }
+            rows.sort_by_key(|r| ["quic", "tcp", "tls"].iter().position(|n| *n == r.name));
+            let p: Vec<_> = rows.iter().map(|r| (r.result.rtt.percentiles(), r.result.frames_per_s)).collect();
+            let ratio = |a: usize, b: usize| (p[a].0.p50_ms / p[b].0.p50_ms, p[a].1 / p[b].1);
+            let (rtt_tcp, tput_tcp) = ratio(0, 1);
+            let (rtt_tls, tput_tls) = ratio(0, 2);
             println!(
-                "  {:>9} {:>8} | {:>7.3}ms {:>7.3}ms {:>8.0} | {:>7.3}ms {:>7.3}ms {:>8.0} | {:>9.2} {:>9.2}",
-                format!("{w}x{h}"),
-                bytes.len(),
-                qp.p50_ms,
-                qp.p99_ms,
-                q.frames_per_s,
-                tp.p50_ms,
-                tp.p99_ms,
-                t.frames_per_s,
-                rtt_ratio,
-                tput_ratio
+                "  {:>9} {:>7} | {:>6.3}ms {:>6.3}ms {:>8.0} | {:>6.3}ms {:>6.3}ms {:>8.0} | {:>6.3}ms {:>6.3}ms {:>8.0} | {:>11.2} {:>11.2} | {:>11.2} {:>11.2}",
+                format!("{w}x{h}"), bytes.len(),
+                p[0].0.p50_ms, p[0].0.p99_ms, p[0].1,
+                p[1].0.p50_ms, p[1].0.p99_ms, p[1].1,
+                p[2].0.p50_ms, p[2].0.p99_ms, p[2].1,
+                rtt_tcp, tput_tcp, rtt_tls, tput_tls
             );
-            rtt_ratios.push(rtt_ratio);
-            tput_ratios.push(tput_ratio);
+            vs_tcp.0.push(rtt_tcp);
+            vs_tcp.1.push(tput_tcp);
+            vs_tls.0.push(rtt_tls);
+            vs_tls.1.push(tput_tls);
         }
         println!(
-            "  median over sizes: QUIC/TCP round trip p50 = {:.2} (target <= 1.2), QUIC/TCP throughput = {:.2} (target >= 0.8)",
-            median(rtt_ratios),
-            median(tput_ratios)
+            "  median over sizes: QUIC/TCP round trip p50 = {:.2} (target <= 1.2), throughput = {:.2} (target >= 0.8)",
+            median(vs_tcp.0),
+            median(vs_tcp.1)
         );
+        println!("  median over sizes: QUIC/(TLS over TCP) round trip p50 = {:.2}, throughput = {:.2}", median(vs_tls.0), median(vs_tls.1));
+        let stats = quic.connection.stats();
+        println!("  QUIC path: mtu {} bytes, {} datagrams sent, {} lost packets, congestion events {}", stats.path.current_mtu, stats.udp_tx.datagrams, stats.path.lost_packets, stats.path.congestion_events);
         client.close(0u32.into(), b"done");
         server.close(0u32.into(), b"done");
         Ok::<(), BenchError>(())

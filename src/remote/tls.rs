@@ -200,6 +200,18 @@ pub fn generate_dev_pki(dir: &Path, worker_names: &[String], client_names: &[Str
 /// 0-RTT stays disabled (rustls default): early data is replayable, and a replayed frame
 /// would cost the worker a full inference.
 pub fn server_config(paths: &TlsPaths) -> Result<quinn::ServerConfig, TlsError> {
+    let tls = rustls_server_config(paths)?;
+    let quic = QuicServerConfig::try_from(tls).map_err(|error| TlsError::Quic(error.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    let mut transport = transport_config(SERVER_KEEP_ALIVE, SERVER_IDLE_TIMEOUT);
+    transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(SERVER_MAX_CONCURRENT_BIDI_STREAMS));
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+/// The TLS half of [`server_config`], also used by the TLS-over-TCP benchmark baseline so that
+/// both carry exactly the same security.
+pub fn rustls_server_config(paths: &TlsPaths) -> Result<rustls::ServerConfig, TlsError> {
     let provider = crypto_provider();
     let roots = load_roots(&paths.ca_cert)?;
     let cert_chain = load_certs(&paths.cert)?;
@@ -214,13 +226,7 @@ pub fn server_config(paths: &TlsPaths) -> Result<quinn::ServerConfig, TlsError> 
         .with_single_cert(cert_chain, key)
         .map_err(|source| TlsError::Identity { cert: paths.cert.clone(), key: paths.key.clone(), source })?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
-
-    let quic = QuicServerConfig::try_from(tls).map_err(|error| TlsError::Quic(error.to_string()))?;
-    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    let mut transport = transport_config(SERVER_KEEP_ALIVE, SERVER_IDLE_TIMEOUT);
-    transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(SERVER_MAX_CONCURRENT_BIDI_STREAMS));
-    config.transport_config(Arc::new(transport));
-    Ok(config)
+    Ok(tls)
 }
 
 /// QUIC client configuration for an edge device: trusts only `ca_cert` (not the system roots,
@@ -229,15 +235,21 @@ pub fn server_config(paths: &TlsPaths) -> Result<quinn::ServerConfig, TlsError> 
 /// The server name checked against the worker certificate is the one passed to
 /// `Endpoint::connect`.
 pub fn client_config(paths: &TlsPaths) -> Result<quinn::ClientConfig, TlsError> {
+    finish_client_config(rustls_client_config(paths)?)
+}
+
+/// The TLS half of [`client_config`] (ALPN included), shared with the TLS-over-TCP baseline.
+pub fn rustls_client_config(paths: &TlsPaths) -> Result<rustls::ClientConfig, TlsError> {
     let roots = load_roots(&paths.ca_cert)?;
     let cert_chain = load_certs(&paths.cert)?;
     let key = load_key(&paths.key)?;
-    let tls = rustls::ClientConfig::builder_with_provider(crypto_provider())
+    let mut tls = rustls::ClientConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots)
         .with_client_auth_cert(cert_chain, key)
         .map_err(|source| TlsError::Identity { cert: paths.cert.clone(), key: paths.key.clone(), source })?;
-    finish_client_config(tls)
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(tls)
 }
 
 /// For tests proving rejection: a client config that trusts the CA but presents no client
@@ -259,17 +271,9 @@ fn finish_client_config(mut tls: rustls::ClientConfig) -> Result<quinn::ClientCo
     Ok(config)
 }
 
-/// Largest UDP payload path-MTU discovery may probe for. Frames are tens to hundreds of KB, so
-/// packet count dominates cost; on jumbo-frame links between a camera and its server (and on
-/// loopback) bigger datagrams mean far fewer packets, and where the path does not carry them the
-/// probes simply fail and QUIC stays at its 1452-byte default.
-const MTU_UPPER_BOUND: u16 = 8952;
-
 fn transport_config(keep_alive: Duration, idle: Duration) -> quinn::TransportConfig {
     let mut transport = quinn::TransportConfig::default();
-    let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(MTU_UPPER_BOUND);
-    transport.keep_alive_interval(Some(keep_alive)).max_idle_timeout(Some(idle_timeout(idle))).mtu_discovery_config(Some(mtu));
+    transport.keep_alive_interval(Some(keep_alive)).max_idle_timeout(Some(idle_timeout(idle)));
     transport
 }
 
