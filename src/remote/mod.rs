@@ -15,6 +15,14 @@ use std::net::SocketAddr;
 /// congestion-window cut.
 const UDP_BUFFER_BYTES: usize = 8 << 20;
 
+/// Largest UDP payload we accept and let path-MTU discovery probe for. A frame is tens to
+/// hundreds of KB, so per-packet work dominates QUIC's cost: on jumbo-frame links (and loopback)
+/// bigger datagrams mean several times fewer packets, while on ordinary paths discovery simply
+/// stays at QUIC's ~1450-byte default. Measured on loopback: 1472 → 6000 roughly doubled QUIC
+/// throughput for 1280x720 frames; 8952 made segmentation-offload batches overflow (losses,
+/// then a fall back to 1200), hence this value.
+pub(crate) const MAX_UDP_PAYLOAD: u16 = 6000;
+
 fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
@@ -33,5 +41,7 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
 /// Must be called inside a tokio runtime.
 pub fn endpoint(addr: SocketAddr, server: Option<quinn::ServerConfig>) -> std::io::Result<quinn::Endpoint> {
     let runtime = quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime"))?;
-    quinn::Endpoint::new(quinn::EndpointConfig::default(), server, udp_socket(addr)?, runtime)
+    let mut config = quinn::EndpointConfig::default();
+    config.max_udp_payload_size(MAX_UDP_PAYLOAD).map_err(|e| std::io::Error::other(e.to_string()))?;
+    quinn::Endpoint::new(config, server, udp_socket(addr)?, runtime)
 }

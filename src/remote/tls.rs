@@ -273,7 +273,9 @@ fn finish_client_config(mut tls: rustls::ClientConfig) -> Result<quinn::ClientCo
 
 fn transport_config(keep_alive: Duration, idle: Duration) -> quinn::TransportConfig {
     let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(keep_alive)).max_idle_timeout(Some(idle_timeout(idle)));
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(super::MAX_UDP_PAYLOAD);
+    transport.keep_alive_interval(Some(keep_alive)).max_idle_timeout(Some(idle_timeout(idle))).mtu_discovery_config(Some(mtu));
     transport
 }
 
