@@ -358,6 +358,18 @@ mod tests {
     }
 
     #[test]
+    fn argmax_matches_a_per_pixel_scan() {
+        let (classes, width, height) = (5, 37, 61);
+        let plane = width * height;
+        let logits: Vec<f32> = (0..classes * plane).map(|i| ((i * 7919) % 1000) as f32).collect();
+        let map = argmax(&logits, classes, width, height);
+        for p in 0..plane {
+            let expected = (0..classes).fold(0, |best, c| if logits[c * plane + p] > logits[best * plane + p] { c } else { best });
+            assert_eq!(map.classes[p] as usize, expected, "pixel {p}");
+        }
+    }
+
+    #[test]
     fn class_map_resize_is_nearest() {
         let map = ClassMap { width: 2, height: 1, classes: vec![3, 7] };
         let big = resize_class_map(&map, 4, 2).unwrap();
