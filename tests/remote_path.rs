@@ -3,8 +3,9 @@
 //! GStreamer sources. Covered:
 //!
 //! - every frame sent remote comes back, in order, answered by the worker;
-//! - a worker killed mid-stream and restarted on the same port: frames fall back meanwhile,
-//!   the edge reconnects, and not a single frame is lost;
+//! - a worker stopped mid-stream and restarted on the same port: frames fall back meanwhile,
+//!   the edge reconnects, and not a single frame is lost; a worker SIGKILLed (no QUIC close)
+//!   is noticed from its silence, well before the idle timeout;
 //! - an unreachable worker: the binary warns, every frame falls back, the run succeeds;
 //! - a client certificate from a foreign CA is refused at the handshake;
 //! - malformed and oversized messages fail only their own stream, not the connection;
@@ -198,6 +199,19 @@ fn all_frames_remote_return_in_order() {
     assert_eq!(answered, common::SHORT_VIDEO_FRAMES as u64);
 }
 
+/// A live test source at 20 frames/s; edge_config sets `live = "replay"`, so nothing is dropped
+/// when the edge lags.
+fn testsrc_overrides(frames: usize) -> Vec<String> {
+    vec![
+        format!("ingest.pipeline={}", common::fixtures().join("pipelines/testsrc.pipeline").display()),
+        "ingest.params.pattern=smpte".into(),
+        "ingest.params.width=160".into(),
+        "ingest.params.height=120".into(),
+        r#"ingest.params.framerate="20/1""#.into(),
+        format!("ingest.params.num_buffers={frames}"),
+    ]
+}
+
 #[test]
 fn worker_killed_and_restarted_loses_no_frame() {
     // 6 s at 20 frames/s: long enough to kill and restart the worker mid-stream, light enough
@@ -214,16 +228,7 @@ fn worker_killed_and_restarted_loses_no_frame() {
         "deadline_ms = 300\nreconnect_min_ms = 50\nreconnect_max_ms = 200\nconnect_timeout_ms = 500",
     );
     let config = common::edge_config(dir.path(), &common::short_video(), &remote);
-    // A live test source; edge_config sets `live = "replay"`, so nothing is dropped when the edge lags.
-    let testsrc: Vec<String> = vec![
-        format!("ingest.pipeline={}", common::fixtures().join("pipelines/testsrc.pipeline").display()),
-        "ingest.params.pattern=smpte".into(),
-        // Quoted: pipeline parameters are strings, and an override value is parsed as TOML.
-        r#"ingest.params.width="160""#.into(),
-        r#"ingest.params.height="120""#.into(),
-        r#"ingest.params.framerate="20/1""#.into(),
-        format!(r#"ingest.params.num_buffers="{FRAMES}""#),
-    ];
+    let testsrc = testsrc_overrides(FRAMES);
     let edge = std::thread::spawn(move || run_edge(&config, &testsrc));
 
     // Kill the worker once the stream is flowing through it, not while the edge is starting.
@@ -449,4 +454,65 @@ fn bad_worker_config_names_the_key_and_file() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("batching.max_batch = 0"));
+}
+
+/// The worker as its own process, started with `edgeseg worker`, once it listens.
+fn spawn_worker_process(config: &Path) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(common::bin())
+        .args(["worker", "--config", config.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting edgeseg worker");
+    let stdout = child.stdout.take().expect("worker stdout");
+    let mut line = String::new();
+    std::io::BufReader::new(stdout).read_line(&mut line).expect("reading the worker's first line");
+    assert!(line.contains("worker listening"), "worker did not start: {line:?}");
+    child
+}
+
+#[test]
+fn crashed_worker_is_detected_without_waiting_for_the_idle_timeout() {
+    // The worker is SIGKILLed: no QUIC close reaches the edge. The edge notices that several
+    // frames in a row met total silence, drops the connection and reconnects to the restarted
+    // worker well before QUIC's 5 s idle timeout would have told it.
+    const FRAMES: usize = 120;
+    let _serial = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dev_pki(&dir.path().join("pki"));
+    let port = free_udp_port();
+    let settings = WorkerSettings { listen: format!("127.0.0.1:{port}"), ..WorkerSettings::default() };
+    let worker_config = write_worker_config(dir.path(), &pki, &settings);
+    let mut worker = spawn_worker_process(&worker_config);
+    let remote = remote_section(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        edge_identity(&pki),
+        "deadline_ms = 300\nreconnect_min_ms = 50\nreconnect_max_ms = 200\nconnect_timeout_ms = 500",
+    );
+    let config = common::edge_config(dir.path(), &common::short_video(), &remote);
+    let testsrc = testsrc_overrides(FRAMES);
+    let edge = std::thread::spawn(move || run_edge(&config, &testsrc));
+
+    std::thread::sleep(Duration::from_millis(1500));
+    worker.kill().expect("SIGKILL the worker");
+    let _ = worker.wait();
+    let killed_at = Instant::now();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut restarted = spawn_worker_process(&worker_config);
+    let (outcome, records) = edge.join().expect("edge thread");
+    let _ = restarted.kill();
+    let _ = restarted.wait();
+
+    assert!(outcome.error.is_none(), "run failed: {:?}", outcome.error);
+    assert_eq!(records.len(), FRAMES, "one record per frame: none lost");
+    assert_complete_and_in_order(&records, FRAMES);
+    let kinds = kinds(&records);
+    let runs = source_runs(&kinds);
+    let first_fallback = kinds.iter().position(|k| *k == "fallback").unwrap_or_else(|| panic!("the crash made frames fall back: {runs}"));
+    assert!(kinds[..first_fallback].contains(&"remote"), "frames went remote before the crash: {runs}");
+    assert!(kinds[first_fallback..].contains(&"remote"), "frames went remote again after the restart: {runs}");
+    // The stream ends about 6 s after it starts; the reconnection happened before it did, so
+    // sooner than the idle timeout (5 s after the crash) would have allowed.
+    assert!(killed_at.elapsed() < Duration::from_secs(8), "the run took too long to say anything about detection");
 }

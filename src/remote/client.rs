@@ -43,16 +43,29 @@ struct WorkerSlot {
     addr: SocketAddr,
     connection: Mutex<Option<quinn::Connection>>,
     last_error: Mutex<Option<String>>,
-    /// Frames in a row that failed on the current connection. A worker that died without closing
-    /// (crash, cable cut) looks alive until QUIC's idle timeout; after a few misses in a row we
-    /// close the connection ourselves so the reconnect loop starts at once.
+    /// Frames in a row that went unanswered while the peer sent nothing at all. A worker that
+    /// died without closing (crash, cable cut) looks alive until QUIC's idle timeout, whereas
+    /// one that is merely slow still acknowledges our packets; so only total silence counts,
+    /// and a slow worker keeps its connection.
     consecutive_failures: std::sync::atomic::AtomicU32,
 }
 
-/// Misses in a row after which a connection is presumed dead.
+/// Unanswered frames in a row, each met by total silence, after which the peer is presumed dead.
 const FAILURES_BEFORE_RECONNECT: u32 = 3;
 
 impl WorkerSlot {
+    /// Counts a frame that got no answer; `peer_silent` when not a single datagram arrived while
+    /// it was out (a live peer acknowledges our packets within milliseconds, even when busy).
+    /// After a few such frames in a row the connection is closed so the reconnect loop starts.
+    fn note_silence(&self, conn: &quinn::Connection, peer_silent: bool) {
+        if !peer_silent {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        } else if self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1 >= FAILURES_BEFORE_RECONNECT {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+            conn.close(1u32.into(), b"worker unresponsive");
+        }
+    }
+
     fn live_connection(&self) -> Option<quinn::Connection> {
         let guard = self.connection.lock().expect("connection lock");
         guard.as_ref().filter(|c| c.close_reason().is_none()).cloned()
@@ -301,6 +314,7 @@ impl Shared {
             return;
         };
         let started = Instant::now();
+        let received_before = conn.stats().udp_rx.datagrams;
         let deadline = Duration::from_millis(self.settings.deadline_ms as u64);
         let request = Request {
             frame_id: job.order,
@@ -341,10 +355,7 @@ impl Shared {
                         reason
                     }
                     Failure::Silent(reason) => {
-                        if slot.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1 >= FAILURES_BEFORE_RECONNECT {
-                            slot.consecutive_failures.store(0, Ordering::Relaxed);
-                            conn.close(1u32.into(), b"worker unresponsive");
-                        }
+                        slot.note_silence(&conn, conn.stats().udp_rx.datagrams == received_before);
                         reason
                     }
                 };
