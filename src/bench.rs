@@ -57,7 +57,7 @@ pub fn pipeline(config: &EdgeConfig) -> Result<(), BenchError> {
     let tensors = frames
         .iter()
         .map(|f| {
-            let mut t = vec![0f32; model.input_len()];
+            let mut t = vec![0f32; model.manifest.input_len()];
             crate::infer::preprocess(&f.bgr, f.width, f.height, &model.manifest, &mut t).map(|()| t)
         })
         .collect::<Result<Vec<_>, _>>()?;

@@ -254,7 +254,7 @@ pub fn run(config: &EdgeConfig, stop: Arc<AtomicBool>) -> Result<RunOutcome, Pip
     let pre_manifest = manifest.clone();
     threads.push(map_stage("preprocess", local_rx, prepared_tx, first_error.clone(), move |mut job: Job| {
         let t = Instant::now();
-        let mut tensor = vec![0f32; 3 * (pre_manifest.input.width * pre_manifest.input.height) as usize];
+        let mut tensor = vec![0f32; pre_manifest.input_len()];
         crate::infer::preprocess(&job.frame.bgr, job.frame.width, job.frame.height, &pre_manifest, &mut tensor)?;
         job.latency_ms.insert("preprocess", ms_since(t));
         Ok(Prepared { job, tensor })

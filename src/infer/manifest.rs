@@ -83,6 +83,11 @@ impl ModelManifest {
         Ok(m)
     }
 
+    /// Values in one preprocessed image (`3 × height × width`), the input tensor's per-image size.
+    pub fn input_len(&self) -> usize {
+        3 * self.input.width as usize * self.input.height as usize
+    }
+
     fn validate(&self) -> Result<(), ManifestError> {
         let bad = |key, value: String, problem| Err(ManifestError::Invalid { path: self.path.clone(), key, value, problem });
         if !self.onnx.is_file() {

@@ -22,10 +22,8 @@ pub use manifest::{ColorOrder, ManifestError, ModelManifest};
 pub enum InferError {
     #[error(transparent)]
     Manifest(#[from] ManifestError),
-    #[error("ONNX Runtime library not found (tried {tried}): run scripts/setup, or set ORT_DYLIB_PATH to libonnxruntime.so")]
-    RuntimeMissing { tried: String },
-    #[error("ONNX Runtime library {path} could not be loaded: {message}")]
-    RuntimeLoad { path: PathBuf, message: String },
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
     #[error("model {onnx} (from {manifest}) could not be loaded by ONNX Runtime: {message} (is it a valid ONNX file?)")]
     Load { onnx: PathBuf, manifest: PathBuf, message: String },
     #[error("model {onnx} does not match its manifest {manifest}: {problem}")]
@@ -34,6 +32,16 @@ pub enum InferError {
     Run { model: String, message: String },
     #[error("image operation failed in {step}: {message}")]
     Image { step: &'static str, message: String },
+}
+
+/// Why ONNX Runtime itself is unavailable. Cloneable, because the one environment is created
+/// once per process and every later session reports the same failure.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("ONNX Runtime library not found (tried {tried}): run scripts/setup, or set ORT_DYLIB_PATH to libonnxruntime.so")]
+    Missing { tried: String },
+    #[error("ONNX Runtime library {path} could not be loaded: {message}")]
+    Load { path: PathBuf, message: String },
 }
 
 fn image_err(step: &'static str) -> impl Fn(opencv::Error) -> InferError {
@@ -58,22 +66,18 @@ fn runtime_candidates() -> Vec<PathBuf> {
 }
 
 /// ONNX Runtime allows one environment per process; every session shares it.
-fn environment() -> Result<&'static ort::environment::Environment, InferError> {
-    static ENV: OnceLock<Result<ort::environment::Environment, InferError>> = OnceLock::new();
+fn environment() -> Result<&'static ort::environment::Environment, RuntimeError> {
+    static ENV: OnceLock<Result<ort::environment::Environment, RuntimeError>> = OnceLock::new();
     let result = ENV.get_or_init(|| {
         let candidates = runtime_candidates();
         let Some(path) = candidates.iter().find(|p| p.is_file()) else {
             let tried = candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
-            return Err(InferError::RuntimeMissing { tried });
+            return Err(RuntimeError::Missing { tried });
         };
-        let load_err = |message: String| InferError::RuntimeLoad { path: path.clone(), message };
+        let load_err = |message: String| RuntimeError::Load { path: path.clone(), message };
         ort::init_from(path).map_err(|e| load_err(e.to_string()))?.with_name("edgeseg").build().map_err(|e| load_err(e.to_string()))
     });
-    match result {
-        Ok(env) => Ok(env),
-        Err(InferError::RuntimeMissing { tried }) => Err(InferError::RuntimeMissing { tried: tried.clone() }),
-        Err(e) => Err(InferError::RuntimeLoad { path: PathBuf::new(), message: e.to_string() }),
-    }
+    result.as_ref().map_err(Clone::clone)
 }
 
 /// A class id per pixel, row-major.
@@ -125,22 +129,17 @@ impl Model {
         let max_batch = check_against_manifest(&session, &manifest)?;
         let mut model = Model { manifest, session, max_batch };
         // ONNX Runtime allocates and tunes on the first run; pay that now, not on the first frame.
-        let zeros = vec![0f32; model.input_len()];
+        let zeros = vec![0f32; model.manifest.input_len()];
         model.run(&zeros, 1)?;
         tracing::info!(model = %model.manifest.name, onnx = %model.manifest.onnx.display(), max_batch, "model loaded");
         Ok(model)
-    }
-
-    /// Size of one preprocessed image in the input tensor.
-    pub fn input_len(&self) -> usize {
-        3 * self.manifest.input.width as usize * self.manifest.input.height as usize
     }
 
     /// Runs `batch` preprocessed images laid out one after another in `input`.
     pub fn run(&mut self, input: &[f32], batch: usize) -> Result<Logits, InferError> {
         let (w, h) = (self.manifest.input.width as usize, self.manifest.input.height as usize);
         let run_err = |message: String| InferError::Run { model: self.manifest.name.clone(), message };
-        if batch == 0 || batch > self.max_batch || input.len() != batch * 3 * w * h {
+        if batch == 0 || batch > self.max_batch || input.len() != batch * self.manifest.input_len() {
             return Err(run_err(format!("batch of {batch} with {} values does not fit the model", input.len())));
         }
         let tensor = TensorRef::from_array_view(([batch, 3, h, w], input)).map_err(|e| run_err(e.to_string()))?;

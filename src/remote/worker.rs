@@ -67,9 +67,8 @@ pub struct Worker {
 
 struct ModelQueue {
     tx: Sender<Queued>,
-    input_width: u32,
-    input_height: u32,
-    manifest: crate::infer::ModelManifest,
+    /// Shared with each request's preprocessing task, so nothing is deep-copied per frame.
+    manifest: Arc<crate::infer::ModelManifest>,
 }
 
 impl Worker {
@@ -82,9 +81,7 @@ impl Worker {
         for (name, session) in &config.models {
             let model = Model::load(session)?;
             let (tx, rx) = crossbeam_channel::bounded(config.batching.max_queue);
-            let manifest = model.manifest.clone();
-            queues
-                .insert(name.clone(), ModelQueue { tx, input_width: manifest.input.width, input_height: manifest.input.height, manifest });
+            queues.insert(name.clone(), ModelQueue { tx, manifest: Arc::new(model.manifest.clone()) });
             let max_batch = config.batching.max_batch.min(model.max_batch);
             let max_wait = Duration::from_millis(config.batching.max_wait_ms);
             let (stats, stop) = (stats.clone(), stop.clone());
@@ -224,10 +221,9 @@ impl Server {
         };
         let (width, height) = (request.width, request.height);
         let manifest = queue.manifest.clone();
-        let (iw, ih) = (queue.input_width, queue.input_height);
         let prepared = tokio::task::spawn_blocking(move || -> Result<Vec<f32>, String> {
             let bgr = super::image::decode(&request.image, width, height, request.encoding).map_err(|e| e.to_string())?;
-            let mut tensor = vec![0f32; 3 * (iw * ih) as usize];
+            let mut tensor = vec![0f32; manifest.input_len()];
             crate::infer::preprocess(&bgr, width, height, &manifest, &mut tensor).map_err(|e| e.to_string())?;
             Ok(tensor)
         })
@@ -266,7 +262,7 @@ impl Server {
 /// Forms batches across all clients and runs them. Requests already past their deadline are
 /// answered "deadline exceeded" without being computed: the edge has used its local result.
 fn batch_loop(mut model: Model, rx: Receiver<Queued>, max_batch: usize, max_wait: Duration, stats: &WorkerStats, stop: &AtomicBool) {
-    let input_len = model.input_len();
+    let input_len = model.manifest.input_len();
     let mut input = Vec::with_capacity(max_batch * input_len);
     while !stop.load(Ordering::Relaxed) {
         let first = match rx.recv_timeout(Duration::from_millis(100)) {
