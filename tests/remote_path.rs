@@ -199,6 +199,9 @@ fn all_frames_remote_return_in_order() {
     assert_eq!(answered, common::SHORT_VIDEO_FRAMES as u64);
 }
 
+/// `[remote]` keys for the restart tests: a short deadline and quick reconnection attempts.
+const RESTART_REMOTE_SETTINGS: &str = "deadline_ms = 300\nreconnect_min_ms = 50\nreconnect_max_ms = 200\nconnect_timeout_ms = 500";
+
 /// A live test source at 20 frames/s; edge_config sets `live = "replay"`, so nothing is dropped
 /// when the edge lags.
 fn testsrc_overrides(frames: usize) -> Vec<String> {
@@ -222,11 +225,7 @@ fn worker_killed_and_restarted_loses_no_frame() {
     let pki = dev_pki(&dir.path().join("pki"));
     let settings = WorkerSettings { listen: format!("127.0.0.1:{}", free_udp_port()), ..WorkerSettings::default() };
     let worker = start_worker(dir.path(), &pki, &settings);
-    let remote = remote_section(
-        worker.local_addr,
-        edge_identity(&pki),
-        "deadline_ms = 300\nreconnect_min_ms = 50\nreconnect_max_ms = 200\nconnect_timeout_ms = 500",
-    );
+    let remote = remote_section(worker.local_addr, edge_identity(&pki), RESTART_REMOTE_SETTINGS);
     let config = common::edge_config(dir.path(), &common::short_video(), &remote);
     let testsrc = testsrc_overrides(FRAMES);
     let edge = std::thread::spawn(move || run_edge(&config, &testsrc));
@@ -485,11 +484,7 @@ fn crashed_worker_is_detected_without_waiting_for_the_idle_timeout() {
     let settings = WorkerSettings { listen: format!("127.0.0.1:{port}"), ..WorkerSettings::default() };
     let worker_config = write_worker_config(dir.path(), &pki, &settings);
     let mut worker = spawn_worker_process(&worker_config);
-    let remote = remote_section(
-        format!("127.0.0.1:{port}").parse().unwrap(),
-        edge_identity(&pki),
-        "deadline_ms = 300\nreconnect_min_ms = 50\nreconnect_max_ms = 200\nconnect_timeout_ms = 500",
-    );
+    let remote = remote_section(format!("127.0.0.1:{port}").parse().unwrap(), edge_identity(&pki), RESTART_REMOTE_SETTINGS);
     let config = common::edge_config(dir.path(), &common::short_video(), &remote);
     let testsrc = testsrc_overrides(FRAMES);
     let edge = std::thread::spawn(move || run_edge(&config, &testsrc));
