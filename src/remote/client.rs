@@ -383,7 +383,8 @@ async fn transfer(conn: &quinn::Connection, request: &Request) -> Result<Vec<u8>
     let mut bytes = Vec::with_capacity(request.image.len() + 64);
     proto::encode_request(request, &mut bytes).map_err(|e| e.to_string())?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| format!("cannot open stream: {e}"))?;
-    send.write_all(&bytes).await.map_err(|e| format!("send failed: {e}"))?;
+    // Handed over as an owned chunk: quinn sends it without copying it into a buffer of its own.
+    send.write_chunk(bytes.into()).await.map_err(|e| format!("send failed: {e}"))?;
     send.finish().map_err(|e| format!("send failed: {e}"))?;
     let limits = Limits::default();
     recv.read_to_end(limits.max_message_bytes + proto::LENGTH_PREFIX_BYTES).await.map_err(|e| format!("receive failed: {e}"))

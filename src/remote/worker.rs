@@ -192,7 +192,7 @@ impl Server {
             let _ = send.reset(1u32.into());
             return;
         }
-        if send.write_all(&bytes).await.is_ok() {
+        if send.write_chunk(bytes.into()).await.is_ok() {
             let _ = send.finish();
             // Keep the stream until the peer has the bytes (or gives up), not a moment longer.
             let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
