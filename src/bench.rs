@@ -5,8 +5,10 @@
 //!   against the bare model looping over the same preprocessed frames, both at steady state
 //!   (warm session; pipeline rate from first to last frame out). The ratio shows how well the
 //!   stages overlap with inference (target ≥ 0.95).
-//! * `transport`: the same encoded frames over QUIC (mutual TLS, one stream per frame) and over a
-//!   plain TCP length-prefixed baseline on loopback: round-trip p50/p99 and throughput.
+//! * `transport`: the same encoded frames over QUIC (mutual TLS, one stream per frame), over a
+//!   plain TCP length-prefixed baseline and over TCP with the same TLS, on loopback: round-trip
+//!   p50/p99, throughput and CPU per frame, in rounds, reporting medians of per-round ratios.
+//!   TLS over TCP separates what encryption costs (which QUIC must pay) from QUIC's own costs.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -138,10 +140,26 @@ const THROUGHPUT_WINDOW: Duration = Duration::from_secs(1);
 struct TransportResult {
     rtt: LatencyStats,
     frames_per_s: f64,
+    /// Process CPU time (user + system, client and server together) per frame while measuring
+    /// throughput: less disturbed by scheduling noise than wall time, and what bounds
+    /// throughput on a busy edge device.
+    cpu_us_per_frame: f64,
+}
+
+/// User + system CPU time of the whole process (all threads) so far.
+fn process_cpu() -> Duration {
+    // SAFETY: getrusage only writes the struct we pass, which is plain old data.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 trait Transport: Send + Sync + 'static {
-    fn round_trip(&self, request: Arc<Vec<u8>>) -> impl std::future::Future<Output = Result<(), String>> + Send;
+    fn round_trip(&self, request: bytes::Bytes) -> impl std::future::Future<Output = Result<(), String>> + Send;
 }
 
 struct Quic {
@@ -149,9 +167,10 @@ struct Quic {
 }
 
 impl Transport for Quic {
-    async fn round_trip(&self, request: Arc<Vec<u8>>) -> Result<(), String> {
+    async fn round_trip(&self, request: bytes::Bytes) -> Result<(), String> {
         let (mut send, mut recv) = self.connection.open_bi().await.map_err(|e| e.to_string())?;
-        send.write_all(&request).await.map_err(|e| e.to_string())?;
+        // An owned chunk: quinn sends it without first copying it into its own buffer.
+        send.write_chunk(request).await.map_err(|e| e.to_string())?;
         send.finish().map_err(|e| e.to_string())?;
         let reply = recv.read_to_end(64 << 20).await.map_err(|e| e.to_string())?;
         check_reply(&reply, &Limits::default())
@@ -166,7 +185,7 @@ struct Tcp<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for Tcp<S> {
-    async fn round_trip(&self, request: Arc<Vec<u8>>) -> Result<(), String> {
+    async fn round_trip(&self, request: bytes::Bytes) -> Result<(), String> {
         let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.connections.len();
         let mut stream = self.connections[i].lock().await;
         stream.write_all(&request).await.map_err(|e| e.to_string())?;
@@ -183,7 +202,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for Tcp<S> {
 
 async fn measure<T: Transport>(
     transport: Arc<T>,
-    request: Arc<Vec<u8>>,
+    request: bytes::Bytes,
     frames: usize,
     concurrency: usize,
 ) -> Result<TransportResult, String> {
@@ -198,7 +217,7 @@ async fn measure<T: Transport>(
     }
     // Throughput: `concurrency` requesters for THROUGHPUT_WINDOW, so small frames are not timed
     // over a few milliseconds only.
-    let started = Instant::now();
+    let (started, cpu_before) = (Instant::now(), process_cpu());
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
         let (transport, request) = (transport.clone(), request.clone());
@@ -215,7 +234,12 @@ async fn measure<T: Transport>(
     for t in tasks {
         total += t.await.map_err(|e| e.to_string())??;
     }
-    Ok(TransportResult { rtt, frames_per_s: total as f64 / started.elapsed().as_secs_f64() })
+    let cpu = process_cpu().saturating_sub(cpu_before);
+    Ok(TransportResult {
+        rtt,
+        frames_per_s: total as f64 / started.elapsed().as_secs_f64(),
+        cpu_us_per_frame: cpu.as_secs_f64() * 1e6 / total.max(1) as f64,
+    })
 }
 
 async fn quic_server(endpoint: quinn::Endpoint) {
@@ -228,7 +252,7 @@ async fn quic_server(endpoint: quinn::Endpoint) {
                     let Ok(data) = recv.read_to_end(limits.max_message_bytes + 4).await else { return };
                     let Some(body) = data.get(4..) else { return };
                     if let Ok(reply) = echo_response(body, &limits) {
-                        let _ = send.write_all(&reply).await;
+                        let _ = send.write_chunk(reply.into()).await;
                         let _ = send.finish();
                         let _ = send.stopped().await;
                     }
@@ -311,15 +335,44 @@ async fn tcp_connections<S>(
     Ok(Arc::new(Tcp { connections, next: Default::default() }))
 }
 
-struct Row {
-    name: &'static str,
-    result: TransportResult,
+const TRANSPORTS: [&str; 3] = ["quic", "tcp", "tls"];
+
+/// Median over rounds of one transport's figures at one frame size.
+struct Medians {
+    p50_ms: f64,
+    p99_ms: f64,
+    frames_per_s: f64,
+    cpu_us_per_frame: f64,
 }
 
-pub fn transport(frames: usize, sizes: &[String], concurrency: usize) -> Result<(), BenchError> {
+impl Medians {
+    fn of(rounds: &[TransportResult]) -> Self {
+        let p: Vec<_> = rounds.iter().map(|x| x.rtt.percentiles()).collect();
+        Medians {
+            p50_ms: median(p.iter().map(|p| p.p50_ms).collect()),
+            p99_ms: median(p.iter().map(|p| p.p99_ms).collect()),
+            frames_per_s: median(rounds.iter().map(|x| x.frames_per_s).collect()),
+            cpu_us_per_frame: median(rounds.iter().map(|x| x.cpu_us_per_frame).collect()),
+        }
+    }
+}
+
+/// Transport `a` relative to `b` at one frame size: the median over rounds of per-round ratios
+/// (round-trip p50, throughput, CPU per frame). Both sides of a ratio ran back to back, so
+/// the ratio cancels most of the machine's drift.
+fn ratios(a: &[TransportResult], b: &[TransportResult]) -> [f64; 3] {
+    let per_round = |f: fn(&TransportResult, &TransportResult) -> f64| median(a.iter().zip(b).map(|(x, y)| f(x, y)).collect());
+    [
+        per_round(|x, y| x.rtt.percentiles().p50_ms / y.rtt.percentiles().p50_ms),
+        per_round(|x, y| x.frames_per_s / y.frames_per_s),
+        per_round(|x, y| x.cpu_us_per_frame / y.cpu_us_per_frame),
+    ]
+}
+
+pub fn transport(frames: usize, sizes: &[String], concurrency: usize, rounds: usize) -> Result<(), BenchError> {
     use crate::remote::tls;
     let sizes = sizes.iter().map(|s| parse_size(s)).collect::<Result<Vec<_>, _>>()?;
-    let (frames, concurrency) = (frames.max(1), concurrency.max(1));
+    let (frames, concurrency, rounds) = (frames.max(1), concurrency.max(1), rounds.max(1));
     let dir = tempfile_dir()?;
     let pki = tls::generate_dev_pki(&dir, &["localhost".into()], &["bench".into()], true)?;
     let identity = &pki.clients[0].1;
@@ -349,58 +402,68 @@ pub fn transport(frames: usize, sizes: &[String], concurrency: usize) -> Result<
         let tls_tcp = tcp_connections(tls_addr, concurrency, async |s| connector.connect(server_name.clone(), s).await).await?;
 
         println!(
-            "bench transport: {frames} sequential round trips per size, then {concurrency} in flight for {} s, loopback",
+            "bench transport: {rounds} rounds; per round and size, {frames} sequential round trips then {concurrency} in flight for {} s, loopback",
             THROUGHPUT_WINDOW.as_secs()
         );
         println!("  QUIC and TLS/TCP use the same mutual TLS 1.3; TCP is the plain baseline the targets refer to.");
-        println!(
-            "  {:>9} {:>7} | {:>8} {:>8} {:>8} | {:>8} {:>8} {:>8} | {:>8} {:>8} {:>8} | {:>11} {:>11} | {:>11} {:>11}",
-            "size", "bytes", "quic p50", "p99", "f/s", "tcp p50", "p99", "f/s", "tls p50", "p99", "f/s",
-            "rtt q/tcp", "tput q/tcp", "rtt q/tls", "tput q/tls"
-        );
-        let (mut vs_tcp, mut vs_tls) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
-        for (i, (w, h)) in sizes.into_iter().enumerate() {
+        let mut requests = Vec::new();
+        for &(w, h) in &sizes {
             let image = crate::remote::image::encode(&synthetic_frame(w, h), w, h, ImageEncoding::Jpeg, 90).map_err(|e| setup(&e))?;
             let request = Request { frame_id: 1, deadline_ms: 10_000, model: "large".into(), width: w, height: h, encoding: ImageEncoding::Jpeg, image };
             let mut bytes = Vec::new();
             proto::encode_request(&request, &mut bytes).map_err(|e| setup(&e))?;
-            let bytes = Arc::new(bytes);
-            // Rotate which transport goes first between sizes, so none always gets a warmer machine.
-            let mut rows = Vec::new();
-            for k in 0..3 {
-                let (name, result) = match (i + k) % 3 {
-                    0 => ("quic", measure(quic.clone(), bytes.clone(), frames, concurrency).await),
-                    1 => ("tcp", measure(tcp.clone(), bytes.clone(), frames, concurrency).await),
-                    _ => ("tls", measure(tls_tcp.clone(), bytes.clone(), frames, concurrency).await),
-                };
-                rows.push(Row { name, result: result.map_err(BenchError::Transport)? });
-            }
-            rows.sort_by_key(|r| ["quic", "tcp", "tls"].iter().position(|n| *n == r.name));
-            let p: Vec<_> = rows.iter().map(|r| (r.result.rtt.percentiles(), r.result.frames_per_s)).collect();
-            let ratio = |a: usize, b: usize| (p[a].0.p50_ms / p[b].0.p50_ms, p[a].1 / p[b].1);
-            let (rtt_tcp, tput_tcp) = ratio(0, 1);
-            let (rtt_tls, tput_tls) = ratio(0, 2);
-            println!(
-                "  {:>9} {:>7} | {:>6.3}ms {:>6.3}ms {:>8.0} | {:>6.3}ms {:>6.3}ms {:>8.0} | {:>6.3}ms {:>6.3}ms {:>8.0} | {:>11.2} {:>11.2} | {:>11.2} {:>11.2}",
-                format!("{w}x{h}"), bytes.len(),
-                p[0].0.p50_ms, p[0].0.p99_ms, p[0].1,
-                p[1].0.p50_ms, p[1].0.p99_ms, p[1].1,
-                p[2].0.p50_ms, p[2].0.p99_ms, p[2].1,
-                rtt_tcp, tput_tcp, rtt_tls, tput_tls
-            );
-            vs_tcp.0.push(rtt_tcp);
-            vs_tcp.1.push(tput_tcp);
-            vs_tls.0.push(rtt_tls);
-            vs_tls.1.push(tput_tls);
+            requests.push(bytes::Bytes::from(bytes));
         }
+        // results[size][transport][round]; transports in TRANSPORTS order.
+        let mut results: Vec<[Vec<TransportResult>; 3]> = sizes.iter().map(|_| Default::default()).collect();
+        for round in 0..rounds {
+            for (i, request) in requests.iter().enumerate() {
+                // Rotate which transport goes first, so none always gets a warmer (or noisier) slot.
+                for k in 0..TRANSPORTS.len() {
+                    let t = (i + k + round) % TRANSPORTS.len();
+                    let result = match t {
+                        0 => measure(quic.clone(), request.clone(), frames, concurrency).await,
+                        1 => measure(tcp.clone(), request.clone(), frames, concurrency).await,
+                        _ => measure(tls_tcp.clone(), request.clone(), frames, concurrency).await,
+                    };
+                    results[i][t].push(result.map_err(BenchError::Transport)?);
+                }
+            }
+        }
+        println!("  {:<26} {:>9} {:>9} {:>9} {:>11}", "size / transport", "rtt p50", "p99", "frames/s", "cpu/frame");
+        // Ratios per size, [QUIC/TCP, QUIC/TLS, TLS/TCP], each [rtt, throughput, cpu].
+        let mut all_ratios = Vec::new();
+        for (((w, h), request), per_transport) in sizes.iter().zip(&requests).zip(&results) {
+            println!("  {w}x{h} ({} bytes)", request.len());
+            for (name, rounds) in TRANSPORTS.iter().zip(per_transport) {
+                let m = Medians::of(rounds);
+                println!(
+                    "    {name:<24} {:>7.3}ms {:>7.3}ms {:>9.0} {:>8.1} µs",
+                    m.p50_ms, m.p99_ms, m.frames_per_s, m.cpu_us_per_frame
+                );
+            }
+            let r = [ratios(&per_transport[0], &per_transport[1]), ratios(&per_transport[0], &per_transport[2]), ratios(&per_transport[2], &per_transport[1])];
+            for (label, [rtt, tput, cpu]) in ["QUIC/TCP", "QUIC/TLS", "TLS/TCP"].iter().zip(r) {
+                println!("    {label:<24} {rtt:>9.2} {:>9} {tput:>9.2} {cpu:>11.2}", "");
+            }
+            all_ratios.push(r);
+        }
+        println!("  (medians over rounds; a ratio is the median of per-round ratios, whose two sides ran back to back)");
+        let over_sizes = |k: usize, m: usize| median(all_ratios.iter().map(|r| r[k][m]).collect());
         println!(
-            "  median over sizes: QUIC/TCP round trip p50 = {:.2} (target <= 1.2), throughput = {:.2} (target >= 0.8)",
-            median(vs_tcp.0),
-            median(vs_tcp.1)
+            "  median over sizes: QUIC/TCP round trip p50 = {:.2} (target <= 1.2), throughput = {:.2} (target >= 0.8), cpu/frame = {:.2}",
+            over_sizes(0, 0), over_sizes(0, 1), over_sizes(0, 2)
         );
-        println!("  median over sizes: QUIC/(TLS over TCP) round trip p50 = {:.2}, throughput = {:.2}", median(vs_tls.0), median(vs_tls.1));
+        println!(
+            "  median over sizes: QUIC/(TLS over TCP) round trip p50 = {:.2}, throughput = {:.2}, cpu/frame = {:.2}",
+            over_sizes(1, 0), over_sizes(1, 1), over_sizes(1, 2)
+        );
+        println!(
+            "  median over sizes: (TLS over TCP)/TCP round trip p50 = {:.2}, throughput = {:.2}, cpu/frame = {:.2} (the cost of encryption alone)",
+            over_sizes(2, 0), over_sizes(2, 1), over_sizes(2, 2)
+        );
         let stats = quic.connection.stats();
-        println!("  QUIC path: mtu {} bytes, {} datagrams sent, {} lost packets, congestion events {}", stats.path.current_mtu, stats.udp_tx.datagrams, stats.path.lost_packets, stats.path.congestion_events);
+        println!("  QUIC path: mtu {} bytes, cwnd {} bytes, {} datagrams sent, {} lost packets, congestion events {}", stats.path.current_mtu, stats.path.cwnd, stats.udp_tx.datagrams, stats.path.lost_packets, stats.path.congestion_events);
         client.close(0u32.into(), b"done");
         server.close(0u32.into(), b"done");
         Ok::<(), BenchError>(())

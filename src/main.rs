@@ -114,6 +114,9 @@ enum BenchCommand {
         /// Requests in flight at once for the throughput part.
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
+        /// Rounds; every size and transport is measured once per round and the medians reported.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
     },
 }
 
@@ -231,8 +234,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     let config = edge.load()?;
                     edgeseg::bench::pipeline(&config)?;
                 }
-                BenchCommand::Transport { frames, sizes, concurrency } => {
-                    edgeseg::bench::transport(frames, &sizes, concurrency)?;
+                BenchCommand::Transport { frames, sizes, concurrency, rounds } => {
+                    edgeseg::bench::transport(frames, &sizes, concurrency, rounds)?;
                 }
             }
             Ok(ExitCode::SUCCESS)
