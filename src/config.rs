@@ -212,6 +212,9 @@ pub struct WorkerConfig {
     pub tls: TlsPaths,
     #[serde(default = "default_max_message_mib")]
     pub max_message_mib: usize,
+    /// Seconds between "worker status" log lines; 0 turns them off.
+    #[serde(default = "default_status_interval_s")]
+    pub status_interval_s: u64,
 }
 
 fn default_liveness() -> Liveness {
@@ -291,6 +294,9 @@ fn default_max_queue() -> usize {
 }
 fn default_max_message_mib() -> usize {
     16
+}
+fn default_status_interval_s() -> u64 {
+    10
 }
 
 /// Reads a TOML file, applies `section.key=value` overrides (from CLI flags) on the raw table,
@@ -492,6 +498,7 @@ impl WorkerConfig {
         c.check(cfg.batching.max_wait_ms <= 1000, "batching.max_wait_ms", cfg.batching.max_wait_ms, "is above 1000")?;
         c.check((1..=100_000).contains(&cfg.batching.max_queue), "batching.max_queue", cfg.batching.max_queue, "is outside 1..=100000")?;
         c.check((1..=256).contains(&cfg.max_message_mib), "max_message_mib", cfg.max_message_mib, "is outside 1..=256")?;
+        c.check(cfg.status_interval_s <= 3600, "status_interval_s", cfg.status_interval_s, "is above 3600 (0 turns status lines off)")?;
         c.tls("tls", &cfg.tls)?;
         Ok(cfg)
     }

@@ -206,16 +206,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
-            let sizes = worker.batch_sizes();
-            let stats = worker.stats.clone();
-            worker.shutdown();
+            let s = worker.shutdown();
             println!(
-                "worker stopped: answered {} overloaded {} expired {} protocol errors {} refused handshakes {}; batch sizes {sizes:?}",
-                stats.answered.load(Ordering::Relaxed),
-                stats.rejected_overloaded.load(Ordering::Relaxed),
-                stats.expired.load(Ordering::Relaxed),
-                stats.protocol_errors.load(Ordering::Relaxed),
-                stats.handshake_failures.load(Ordering::Relaxed),
+                "worker stopped: answered {} overloaded {} expired {} protocol errors {} refused handshakes {}; batch sizes {:?}",
+                s.answered, s.rejected_overloaded, s.expired, s.protocol_errors, s.handshake_failures, s.batch_sizes
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -366,7 +366,7 @@ fn malformed_and_oversized_messages_close_only_their_stream() {
     let oversized = ((1u32 << 20) + 1).to_be_bytes().to_vec();
 
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let (garbage_reply, oversized_reply, valid_reply, still_open) = runtime.block_on(async {
+    let (garbage_reply, oversized_reply, valid_reply, still_open, connections) = runtime.block_on(async {
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).expect("client endpoint");
         endpoint.set_default_client_config(client_config);
         let connection = endpoint.connect(worker.local_addr, "localhost").expect("connecting").await.expect("handshake");
@@ -374,12 +374,14 @@ fn malformed_and_oversized_messages_close_only_their_stream() {
         let oversized_reply = exchange_raw(&connection, &oversized).await;
         let valid_reply = exchange_raw(&connection, &valid).await;
         let still_open = connection.close_reason().is_none();
+        // Counted before its first stream was served, so already visible here.
+        let connections = worker.status().connections;
         connection.close(0u32.into(), b"done");
         endpoint.wait_idle().await;
-        (garbage_reply, oversized_reply, valid_reply, still_open)
+        (garbage_reply, oversized_reply, valid_reply, still_open, connections)
     });
-    let protocol_errors = worker.stats.protocol_errors.load(Ordering::Relaxed);
-    worker.shutdown();
+    wait_until("the worker sees the connection closed", Duration::from_secs(5), || worker.status().connections == 0);
+    let status = worker.shutdown();
 
     assert_protocol_error(&garbage_reply, "junk body");
     assert_protocol_error(&oversized_reply, "length prefix over max_message_mib");
@@ -392,7 +394,10 @@ fn malformed_and_oversized_messages_close_only_their_stream() {
         }
         other => panic!("a valid request on the same connection gets a mask, got {other:?}"),
     }
-    assert_eq!(protocol_errors, 2);
+    assert_eq!(connections, 1, "the worker reports its open connection");
+    assert_eq!(status.protocol_errors, 2);
+    assert_eq!(status.answered, 1);
+    assert_eq!(status.queued.get("large"), Some(&0), "queue depth is reported per model: {:?}", status.queued);
 }
 
 #[test]
@@ -413,8 +418,7 @@ fn several_edge_clients_get_batches_larger_than_one() {
 
     let runs: Vec<_> = configs.into_iter().map(|config| std::thread::spawn(move || run_edge(&config, &[]))).collect();
     let results: Vec<(RunOutcome, Vec<Value>)> = runs.into_iter().map(|r| r.join().expect("edge thread")).collect();
-    let batch_sizes = worker.batch_sizes();
-    worker.shutdown();
+    let batch_sizes = worker.shutdown().batch_sizes;
 
     for (i, (outcome, records)) in results.iter().enumerate() {
         assert!(outcome.error.is_none(), "edge {i} failed: {:?}", outcome.error);
@@ -439,6 +443,7 @@ fn bad_worker_config_names_the_key_and_file() {
         ("tls.key=/nonexistent/worker.key", &["tls.key = /nonexistent/worker.key", "edgeseg certs"]),
         ("models.large.manifest=/nonexistent.toml", &["models.large.manifest", "does not exist"]),
         ("batching.max_wiat_ms=3", &["unknown field", "max_wiat_ms"]),
+        ("status_interval_s=4000", &["status_interval_s = 4000", "0 turns status lines off"]),
     ];
     for (set, needles) in cases {
         let message = WorkerConfig::load(&path, &[set.to_string()]).expect_err(set).to_string();

@@ -36,6 +36,8 @@ pub enum WorkerError {
 /// Counters the worker reports (and tests assert on).
 #[derive(Debug, Default)]
 pub struct WorkerStats {
+    /// Edge connections open now (a gauge, unlike the counters below).
+    pub connections: AtomicU64,
     pub answered: AtomicU64,
     pub rejected_overloaded: AtomicU64,
     pub expired: AtomicU64,
@@ -43,6 +45,22 @@ pub struct WorkerStats {
     pub handshake_failures: AtomicU64,
     /// Batch size → number of batches run.
     pub batch_sizes: Mutex<BTreeMap<usize, u64>>,
+}
+
+/// A point-in-time view of a running worker: what an operator (or a load balancer) needs to see
+/// whether edges are being served or pushed to their local fallback, and why.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WorkerStatus {
+    pub connections: u64,
+    /// Model → frames waiting for a batch now; near `batching.max_queue` means "overloaded" next.
+    pub queued: BTreeMap<String, usize>,
+    pub answered: u64,
+    pub rejected_overloaded: u64,
+    pub expired: u64,
+    pub protocol_errors: u64,
+    pub handshake_failures: u64,
+    /// Batch size → number of batches run.
+    pub batch_sizes: BTreeMap<usize, u64>,
 }
 
 /// A preprocessed request waiting for its batch.
@@ -59,6 +77,7 @@ struct Queued {
 pub struct Worker {
     pub local_addr: SocketAddr,
     pub stats: Arc<WorkerStats>,
+    server: Arc<Server>,
     stop: Arc<AtomicBool>,
     endpoint: quinn::Endpoint,
     runtime: Option<tokio::runtime::Runtime>,
@@ -110,13 +129,17 @@ impl Worker {
         let local_addr = endpoint.local_addr().map_err(|source| WorkerError::Listen { addr: config.listen.clone(), source })?;
         let limits = Limits { max_message_bytes: config.max_message_mib << 20, ..Limits::default() };
         let server = Arc::new(Server { queues, limits, stats: stats.clone() });
-        runtime.spawn(accept_loop(endpoint.clone(), server));
+        runtime.spawn(accept_loop(endpoint.clone(), server.clone()));
+        if config.status_interval_s > 0 {
+            runtime.spawn(report_status(server.clone(), Duration::from_secs(config.status_interval_s)));
+        }
         tracing::info!(%local_addr, models = ?config.models.keys().collect::<Vec<_>>(), "worker listening");
-        Ok(Worker { local_addr, stats, stop, endpoint, runtime: Some(runtime), batchers })
+        Ok(Worker { local_addr, stats, server, stop, endpoint, runtime: Some(runtime), batchers })
     }
 
-    /// Stops accepting, closes connections, and stops the batching threads.
-    pub fn shutdown(mut self) {
+    /// Stops accepting, closes connections, and stops the batching threads; returns the final
+    /// status (frames finished during the shutdown included).
+    pub fn shutdown(mut self) -> WorkerStatus {
         self.endpoint.close(0u32.into(), b"worker shutting down");
         self.stop.store(true, Ordering::Relaxed);
         if let Some(rt) = self.runtime.take() {
@@ -127,10 +150,36 @@ impl Worker {
         for b in self.batchers.drain(..) {
             let _ = b.join();
         }
+        self.status()
     }
 
-    pub fn batch_sizes(&self) -> BTreeMap<usize, u64> {
-        self.stats.batch_sizes.lock().expect("stats lock").clone()
+    pub fn status(&self) -> WorkerStatus {
+        self.server.status()
+    }
+}
+
+/// Logs the worker's status every `interval` (under systemd, into the journal; with
+/// `--log-format json`, as fields a log shipper can graph), so an overloaded or idle worker is
+/// visible while it runs, not only in the totals printed at shutdown.
+async fn report_status(server: Arc<Server>, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.tick().await;
+    let mut answered_before = 0;
+    loop {
+        ticker.tick().await;
+        let s = server.status();
+        tracing::info!(
+            connections = s.connections,
+            queued = ?s.queued,
+            answered_per_s = (s.answered - answered_before) as f64 / interval.as_secs_f64(),
+            answered = s.answered,
+            overloaded = s.rejected_overloaded,
+            expired = s.expired,
+            protocol_errors = s.protocol_errors,
+            refused_handshakes = s.handshake_failures,
+            "worker status"
+        );
+        answered_before = s.answered;
     }
 }
 
@@ -155,6 +204,7 @@ async fn accept_loop(endpoint: quinn::Endpoint, server: Arc<Server>) {
                 }
             };
             tracing::info!(%remote, "edge connected");
+            server.stats.connections.fetch_add(1, Ordering::Relaxed);
             loop {
                 match connection.accept_bi().await {
                     Ok((send, recv)) => {
@@ -162,6 +212,7 @@ async fn accept_loop(endpoint: quinn::Endpoint, server: Arc<Server>) {
                         tokio::spawn(async move { server.serve_stream(send, recv).await });
                     }
                     Err(e) => {
+                        server.stats.connections.fetch_sub(1, Ordering::Relaxed);
                         tracing::info!(%remote, reason = %e, "edge disconnected");
                         return;
                     }
@@ -172,6 +223,21 @@ async fn accept_loop(endpoint: quinn::Endpoint, server: Arc<Server>) {
 }
 
 impl Server {
+    fn status(&self) -> WorkerStatus {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let stats = &self.stats;
+        WorkerStatus {
+            connections: load(&stats.connections),
+            queued: self.queues.iter().map(|(name, q)| (name.clone(), q.tx.len())).collect(),
+            answered: load(&stats.answered),
+            rejected_overloaded: load(&stats.rejected_overloaded),
+            expired: load(&stats.expired),
+            protocol_errors: load(&stats.protocol_errors),
+            handshake_failures: load(&stats.handshake_failures),
+            batch_sizes: stats.batch_sizes.lock().expect("stats lock").clone(),
+        }
+    }
+
     /// One frame: read, check, queue, answer. A bad message fails only this stream.
     async fn serve_stream(&self, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
         let received = Instant::now();
