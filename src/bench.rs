@@ -479,3 +479,34 @@ fn tempfile_dir() -> Result<std::path::PathBuf, BenchError> {
     std::fs::create_dir_all(&dir).map_err(|e| BenchError::Setup(format!("{}: {e}", dir.display())))?;
     Ok(dir)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(p50_ms: f64, frames_per_s: f64, cpu_us_per_frame: f64) -> TransportResult {
+        let mut rtt = LatencyStats::default();
+        rtt.record(p50_ms);
+        TransportResult { rtt, frames_per_s, cpu_us_per_frame }
+    }
+
+    #[test]
+    fn ratios_are_medians_of_per_round_ratios() {
+        // Round 2 is disturbed for both transports alike (the machine slowed down): per-round
+        // ratios cancel that, where a ratio of medians would not.
+        let a = [result(2.0, 50.0, 20.0), result(8.0, 10.0, 80.0), result(2.2, 55.0, 22.0)];
+        let b = [result(1.0, 100.0, 10.0), result(4.0, 20.0, 40.0), result(1.0, 110.0, 11.0)];
+        assert_eq!(ratios(&a, &b), [2.0, 0.5, 2.0]);
+        let m = Medians::of(&a);
+        assert_eq!((m.p50_ms, m.frames_per_s, m.cpu_us_per_frame), (2.2, 50.0, 22.0));
+    }
+
+    #[test]
+    fn frame_sizes_parse_and_bad_ones_are_named() {
+        assert_eq!(parse_size("640x480").unwrap(), (640, 480));
+        for bad in ["640", "0x480", "640x", "x", "5000x10"] {
+            let message = parse_size(bad).unwrap_err().to_string();
+            assert!(message.contains(bad) && message.contains("WIDTHxHEIGHT"), "{bad}: {message}");
+        }
+    }
+}
