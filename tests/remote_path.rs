@@ -18,7 +18,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -184,8 +184,7 @@ fn all_frames_remote_return_in_order() {
     let config = common::edge_config(dir.path(), &common::short_video(), &remote);
 
     let (outcome, records) = run_edge(&config, &[]);
-    let answered = worker.stats.answered.load(Ordering::Relaxed);
-    worker.shutdown();
+    let answered = worker.shutdown().answered;
 
     assert!(outcome.error.is_none(), "run failed: {:?}", outcome.error);
     assert_eq!(outcome.summary.error, None);
@@ -231,18 +230,16 @@ fn worker_killed_and_restarted_loses_no_frame() {
     let edge = std::thread::spawn(move || run_edge(&config, &testsrc));
 
     // Kill the worker once the stream is flowing through it, not while the edge is starting.
-    wait_until("the worker answered a frame", Duration::from_secs(60), || {
-        worker.stats.answered.load(Ordering::Relaxed) > 0 || edge.is_finished()
-    });
+    wait_until("the worker answered a frame", Duration::from_secs(60), || worker.status().answered > 0 || edge.is_finished());
     assert!(!edge.is_finished(), "the edge run ended before the worker answered anything");
     std::thread::sleep(Duration::from_millis(1200));
-    let answered_before_kill = worker.stats.answered.load(Ordering::Relaxed);
+    let answered_before_kill = worker.status().answered;
     worker.shutdown();
     std::thread::sleep(Duration::from_millis(1000));
     assert!(!edge.is_finished(), "the stream ended before the worker came back; it is too short for this machine");
     let worker = start_worker(dir.path(), &pki, &settings);
     let (outcome, records) = edge.join().expect("edge thread");
-    let answered_after_restart = worker.stats.answered.load(Ordering::Relaxed);
+    let answered_after_restart = worker.status().answered;
     worker.shutdown();
 
     assert!(outcome.error.is_none(), "run failed: {:?}", outcome.error);
@@ -312,9 +309,8 @@ fn client_with_foreign_certificate_is_refused() {
     let config = common::edge_config(dir.path(), &common::short_video(), &remote);
 
     let (outcome, records) = run_edge(&config, &[]);
-    let handshake_failures = worker.stats.handshake_failures.load(Ordering::Relaxed);
-    let answered = worker.stats.answered.load(Ordering::Relaxed);
-    worker.shutdown();
+    let status = worker.shutdown();
+    let (handshake_failures, answered) = (status.handshake_failures, status.answered);
 
     assert!(outcome.error.is_none(), "run failed: {:?}", outcome.error);
     assert_eq!(records.len(), common::SHORT_VIDEO_FRAMES);

@@ -33,9 +33,9 @@ pub enum WorkerError {
     Runtime(std::io::Error),
 }
 
-/// Counters the worker reports (and tests assert on).
+/// The live counters behind [`WorkerStatus`], bumped by the I/O tasks and batching threads.
 #[derive(Debug, Default)]
-pub struct WorkerStats {
+struct WorkerStats {
     /// Edge connections open now (a gauge, unlike the counters below).
     pub connections: AtomicU64,
     pub answered: AtomicU64,
@@ -76,7 +76,6 @@ struct Queued {
 /// A running worker; dropping it without [`Worker::shutdown`] leaves the threads to the process end.
 pub struct Worker {
     pub local_addr: SocketAddr,
-    pub stats: Arc<WorkerStats>,
     server: Arc<Server>,
     stop: Arc<AtomicBool>,
     endpoint: quinn::Endpoint,
@@ -128,13 +127,13 @@ impl Worker {
         };
         let local_addr = endpoint.local_addr().map_err(|source| WorkerError::Listen { addr: config.listen.clone(), source })?;
         let limits = Limits { max_message_bytes: config.max_message_mib << 20, ..Limits::default() };
-        let server = Arc::new(Server { queues, limits, stats: stats.clone() });
+        let server = Arc::new(Server { queues, limits, stats });
         runtime.spawn(accept_loop(endpoint.clone(), server.clone()));
         if config.status_interval_s > 0 {
             runtime.spawn(report_status(server.clone(), Duration::from_secs(config.status_interval_s)));
         }
         tracing::info!(%local_addr, models = ?config.models.keys().collect::<Vec<_>>(), "worker listening");
-        Ok(Worker { local_addr, stats, server, stop, endpoint, runtime: Some(runtime), batchers })
+        Ok(Worker { local_addr, server, stop, endpoint, runtime: Some(runtime), batchers })
     }
 
     /// Stops accepting, closes connections, and stops the batching threads; returns the final
