@@ -1,18 +1,26 @@
-//! Configuration files (`config/edge.toml`, `config/worker.toml`): parsed with serde, then
-//! checked value by value so that a wrong setting fails at start-up with the file and key named,
-//! instead of surfacing later as an obscure runtime failure on a camera nobody is watching.
+//! Configuration files (`config/edge.toml`, `config/worker.toml`): parsed once, at start-up,
+//! into values whose types carry their checks ([`Count`], [`Millis`], [`WorkerAddr`]), so no
+//! module clamps or re-parses a setting, and a wrong setting fails before anything starts,
+//! with the file and key named, instead of surfacing later on a camera nobody is watching.
+//!
+//! Every section has one [`Default`]; a key left out takes its value from there. Every problem
+//! of a file is reported at once: a value its type refuses is noted and replaced by the default
+//! so that parsing carries on, then the checks that span keys or touch the disk run, and the
+//! error lists all of it.
 //!
 //! Relative paths in a config file are resolved against the file's own directory, so a service
 //! behaves the same whatever its working directory is.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
 
-use serde::de::DeserializeOwned;
-use serde::Deserialize;
-
-use crate::remote::tls::TlsPaths;
+use serde::de::{DeserializeOwned, Error as _};
+use serde::{Deserialize, Deserializer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -20,59 +28,221 @@ pub enum ConfigError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("{path}: {key} = {value} {problem}")]
-    Invalid { path: PathBuf, key: String, value: String, problem: String },
+    #[error("{}", problems.iter().map(|p| format!("{}: {p}", path.display())).collect::<Vec<_>>().join("\n"))]
+    Invalid { path: PathBuf, problems: Vec<Problem> },
     #[error("override `{0}` is not of the form section.key=value")]
     BadOverride(String),
+}
+
+/// One wrong setting: `key = value problem`, e.g. `pipeline.queue_capacity = 0 is outside 1..=1024`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub key: String,
+    pub value: String,
+    pub problem: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} = {} {}", self.key, self.value, self.problem)
+    }
+}
+
+/// A count within `1..=MAX` (threads, queue and batch sizes): zero would deadlock or mean
+/// nothing, and the upper bound catches a typo before it allocates gigabytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Count<const MAX: usize>(NonZeroUsize);
+
+impl<const MAX: usize> Count<MAX> {
+    /// For defaults: out of range is a compile-time error in a `const`, a panic elsewhere.
+    pub const fn literal(n: usize) -> Self {
+        match NonZeroUsize::new(n) {
+            Some(v) if n <= MAX => Count(v),
+            _ => panic!("count literal outside 1..=MAX"),
+        }
+    }
+
+    pub fn new(n: usize) -> Option<Self> {
+        NonZeroUsize::new(n).filter(|_| n <= MAX).map(Count)
+    }
+
+    pub fn get(self) -> usize {
+        self.0.get()
+    }
+
+    fn range() -> String {
+        if MAX == usize::MAX {
+            "must be at least 1".to_string()
+        } else {
+            format!("is outside 1..={MAX}")
+        }
+    }
+}
+
+impl<const MAX: usize> fmt::Display for Count<MAX> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<'de, const MAX: usize> Deserialize<'de> for Count<MAX> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = i64::deserialize(d)?;
+        usize::try_from(n).ok().and_then(Count::new).ok_or_else(|| D::Error::custom(Self::range()))
+    }
+}
+
+/// A time span written in the config as a whole number of units (`UNIT_MS` milliseconds each):
+/// the key's name says the unit, the program only ever sees a [`Duration`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TimeSpan<const UNIT_MS: u64>(u64);
+
+/// A `*_ms` key.
+pub type Millis = TimeSpan<1>;
+/// A `*_s` key.
+pub type Seconds = TimeSpan<1000>;
+
+impl<const UNIT_MS: u64> TimeSpan<UNIT_MS> {
+    pub const fn new(units: u64) -> Self {
+        TimeSpan(units)
+    }
+
+    pub fn get(self) -> Duration {
+        Duration::from_millis(self.0.saturating_mul(UNIT_MS))
+    }
+
+    /// The number as written in the config.
+    pub fn units(self) -> u64 {
+        self.0
+    }
+
+    /// `None` for 0, which turns periodic things off.
+    pub fn period(self) -> Option<Duration> {
+        (self.0 > 0).then(|| self.get())
+    }
+}
+
+impl<const UNIT_MS: u64> fmt::Display for TimeSpan<UNIT_MS> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<'de, const UNIT_MS: u64> Deserialize<'de> for TimeSpan<UNIT_MS> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = i64::deserialize(d)?;
+        u64::try_from(n).map(TimeSpan).map_err(|_| D::Error::custom("is negative"))
+    }
+}
+
+/// A remote worker as `host:port` (a name or an address): the syntax is checked at load; the
+/// name is resolved when the client starts, since DNS answers can change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerAddr(String);
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not host:port")]
+pub struct WorkerAddrError(String);
+
+impl FromStr for WorkerAddr {
+    type Err = WorkerAddrError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let host_port = s.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if s.parse::<SocketAddr>().is_ok() || host_port {
+            Ok(WorkerAddr(s.to_string()))
+        } else {
+            Err(WorkerAddrError(s.to_string()))
+        }
+    }
+}
+
+impl WorkerAddr {
+    /// The first address the name resolves to.
+    pub fn resolve(&self) -> std::io::Result<SocketAddr> {
+        self.0.to_socket_addrs()?.next().ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))
+    }
+}
+
+impl fmt::Display for WorkerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for WorkerAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(|_| D::Error::custom("is not host:port"))
+    }
+}
+
+fn ip_port<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    String::deserialize(d)?.parse().map_err(|_| D::Error::custom("is not an ip:port socket address"))
 }
 
 /// How the edge decides, for now, which frames go to the remote worker. The decision network
 /// replaces this with per-frame predicted IoU; until then these fixed policies let the remote
 /// path be used and tested on its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Routing {
+    #[default]
     Local,
     Remote,
     EveryNth,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Liveness {
+    #[default]
     Auto,
     Live,
     Replay,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Optimization {
     Disable,
     Basic,
     Extended,
+    #[default]
     All,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ImageEncodingChoice {
+    #[default]
     Jpeg,
     Raw,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Paths to PEM files (worker.toml `[tls]` / edge.toml `[remote.tls]`).
+///
+/// The same shape serves both sides: `ca_cert` is the CA the peer must be signed by, `cert`
+/// and `key` are this side's own identity.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsPaths {
+    pub ca_cert: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// `[ingest]`. `pipeline` has no default: it must be set.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct IngestConfig {
     pub pipeline: PathBuf,
-    #[serde(default = "default_liveness")]
     pub live: Liveness,
-    #[serde(default, deserialize_with = "scalar_strings")]
+    #[serde(deserialize_with = "scalar_strings")]
     pub params: BTreeMap<String, String>,
 }
 
 /// Pipeline parameters are substituted as text, but `width = 640` should not need quotes.
-fn scalar_strings<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+fn scalar_strings<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
     let raw = BTreeMap::<String, toml::Value>::deserialize(d)?;
     raw.into_iter()
         .map(|(k, v)| match v {
@@ -80,235 +250,242 @@ fn scalar_strings<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<Str
             toml::Value::Integer(i) => Ok((k, i.to_string())),
             toml::Value::Float(f) => Ok((k, f.to_string())),
             toml::Value::Boolean(b) => Ok((k, b.to_string())),
-            other => {
-                Err(serde::de::Error::custom(format!("ingest.params.{k} must be a string, number or boolean, not {}", other.type_str())))
-            }
+            other => Err(D::Error::custom(format!("must hold strings, numbers or booleans ({k} is {})", other.type_str()))),
         })
         .collect()
 }
 
+/// `[model]` of the edge, `[models.NAME]` of the worker: an ONNX Runtime session. `manifest`
+/// has no default: it must be set.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct SessionConfig {
     pub manifest: PathBuf,
-    #[serde(default = "default_intra_threads")]
-    pub intra_threads: usize,
-    #[serde(default = "default_inter_threads")]
-    pub inter_threads: usize,
-    #[serde(default = "default_optimization")]
+    pub intra_threads: Count<64>,
+    pub inter_threads: Count<64>,
     pub optimization: Optimization,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PipelineConfig {
-    #[serde(default = "default_queue_capacity")]
-    pub queue_capacity: usize,
-    #[serde(default = "default_reorder_window")]
-    pub reorder_window: usize,
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            manifest: PathBuf::new(),
+            intra_threads: Count::literal(2),
+            inter_threads: Count::literal(1),
+            optimization: Optimization::default(),
+        }
+    }
 }
 
+/// `[pipeline]`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineConfig {
+    pub queue_capacity: Count<1024>,
+    pub reorder_window: Count<100_000>,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig { queue_capacity: Count::literal(4), reorder_window: Count::literal(256) }
+    }
+}
+
+/// `[output]`. `dir` has no default: it must be set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct OutputConfig {
     pub dir: PathBuf,
-    #[serde(default = "yes")]
     pub records: bool,
-    #[serde(default)]
     pub masks: bool,
-    #[serde(default = "yes")]
     pub overlay: bool,
-    #[serde(default = "default_alpha")]
     pub overlay_alpha: f32,
-    #[serde(default = "default_overlay_encoder")]
     pub overlay_encoder: String,
     /// Period of the `metrics.jsonl` samples (queue depths, remote health); 0 turns them off.
-    #[serde(default = "default_metrics_interval_ms")]
-    pub metrics_interval_ms: u64,
+    pub metrics_interval_ms: Millis,
 }
 
+impl Default for OutputConfig {
+    fn default() -> Self {
+        OutputConfig {
+            dir: PathBuf::new(),
+            records: true,
+            masks: false,
+            overlay: true,
+            overlay_alpha: 0.5,
+            overlay_encoder: "videoconvert ! openh264enc ! h264parse ! mp4mux".to_string(),
+            metrics_interval_ms: Millis::new(1000),
+        }
+    }
+}
+
+/// `[remote]`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct RemoteConfig {
-    #[serde(default = "default_routing")]
     pub routing: Routing,
-    #[serde(default = "default_every_nth")]
-    pub every_nth: u64,
-    #[serde(default)]
-    pub workers: Vec<String>,
-    #[serde(default = "default_server_name")]
+    pub every_nth: Count<{ usize::MAX }>,
+    pub workers: Vec<WorkerAddr>,
     pub server_name: String,
-    #[serde(default = "default_remote_model")]
     pub model: String,
-    #[serde(default = "default_deadline_ms")]
-    pub deadline_ms: u32,
-    #[serde(default = "default_max_in_flight")]
-    pub max_in_flight: usize,
-    #[serde(default = "default_image_encoding")]
+    pub deadline_ms: Millis,
+    pub max_in_flight: Count<1024>,
     pub image_encoding: ImageEncodingChoice,
-    #[serde(default = "default_jpeg_quality")]
-    pub jpeg_quality: i32,
-    #[serde(default = "default_connect_timeout_ms")]
-    pub connect_timeout_ms: u64,
-    #[serde(default = "default_backoff_min_ms")]
-    pub reconnect_min_ms: u64,
-    #[serde(default = "default_backoff_max_ms")]
-    pub reconnect_max_ms: u64,
+    pub jpeg_quality: Count<100>,
+    pub connect_timeout_ms: Millis,
+    pub reconnect_min_ms: Millis,
+    pub reconnect_max_ms: Millis,
     pub tls: Option<TlsPaths>,
 }
 
 impl Default for RemoteConfig {
     fn default() -> Self {
         RemoteConfig {
-            routing: default_routing(),
-            every_nth: default_every_nth(),
+            routing: Routing::default(),
+            every_nth: Count::literal(2),
             workers: Vec::new(),
-            server_name: default_server_name(),
-            model: default_remote_model(),
-            deadline_ms: default_deadline_ms(),
-            max_in_flight: default_max_in_flight(),
-            image_encoding: default_image_encoding(),
-            jpeg_quality: default_jpeg_quality(),
-            connect_timeout_ms: default_connect_timeout_ms(),
-            reconnect_min_ms: default_backoff_min_ms(),
-            reconnect_max_ms: default_backoff_max_ms(),
+            server_name: "localhost".to_string(),
+            model: "large".to_string(),
+            deadline_ms: Millis::new(500),
+            max_in_flight: Count::literal(8),
+            image_encoding: ImageEncodingChoice::default(),
+            jpeg_quality: Count::literal(90),
+            connect_timeout_ms: Millis::new(1000),
+            reconnect_min_ms: Millis::new(100),
+            reconnect_max_ms: Millis::new(5000),
             tls: None,
         }
     }
 }
 
 /// Everything the edge service needs: `config/edge.toml`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct EdgeConfig {
     pub ingest: IngestConfig,
     pub model: SessionConfig,
-    #[serde(default = "default_pipeline")]
     pub pipeline: PipelineConfig,
     pub output: OutputConfig,
-    #[serde(default)]
     pub remote: RemoteConfig,
 }
 
+/// `[batching]` of the worker.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct BatchingConfig {
-    #[serde(default = "default_max_batch")]
-    pub max_batch: usize,
-    #[serde(default = "default_max_wait_ms")]
-    pub max_wait_ms: u64,
-    #[serde(default = "default_max_queue")]
-    pub max_queue: usize,
+    pub max_batch: Count<64>,
+    pub max_wait_ms: Millis,
+    pub max_queue: Count<100_000>,
+}
+
+impl Default for BatchingConfig {
+    fn default() -> Self {
+        BatchingConfig { max_batch: Count::literal(4), max_wait_ms: Millis::new(5), max_queue: Count::literal(64) }
+    }
 }
 
 /// Everything the remote worker needs: `config/worker.toml`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct WorkerConfig {
-    pub listen: String,
+    #[serde(deserialize_with = "ip_port")]
+    pub listen: SocketAddr,
     /// Model name clients ask for → session settings of the network serving it.
     pub models: BTreeMap<String, SessionConfig>,
     pub batching: BatchingConfig,
     pub tls: TlsPaths,
-    #[serde(default = "default_max_message_mib")]
-    pub max_message_mib: usize,
-    /// Seconds between "worker status" log lines; 0 turns them off.
-    #[serde(default = "default_status_interval_s")]
-    pub status_interval_s: u64,
+    pub max_message_mib: Count<256>,
+    /// Between "worker status" log lines; 0 turns them off.
+    pub status_interval_s: Seconds,
 }
 
-fn default_liveness() -> Liveness {
-    Liveness::Auto
-}
-fn default_intra_threads() -> usize {
-    2
-}
-fn default_inter_threads() -> usize {
-    1
-}
-fn default_optimization() -> Optimization {
-    Optimization::All
-}
-fn default_queue_capacity() -> usize {
-    4
-}
-fn default_reorder_window() -> usize {
-    256
-}
-fn default_pipeline() -> PipelineConfig {
-    PipelineConfig { queue_capacity: default_queue_capacity(), reorder_window: default_reorder_window() }
-}
-fn yes() -> bool {
-    true
-}
-fn default_alpha() -> f32 {
-    0.5
-}
-fn default_overlay_encoder() -> String {
-    "videoconvert ! openh264enc ! h264parse ! mp4mux".to_string()
-}
-fn default_metrics_interval_ms() -> u64 {
-    1000
-}
-fn default_routing() -> Routing {
-    Routing::Local
-}
-fn default_every_nth() -> u64 {
-    2
-}
-fn default_server_name() -> String {
-    "localhost".to_string()
-}
-fn default_remote_model() -> String {
-    "large".to_string()
-}
-fn default_deadline_ms() -> u32 {
-    500
-}
-fn default_max_in_flight() -> usize {
-    8
-}
-fn default_image_encoding() -> ImageEncodingChoice {
-    ImageEncodingChoice::Jpeg
-}
-fn default_jpeg_quality() -> i32 {
-    90
-}
-fn default_connect_timeout_ms() -> u64 {
-    1000
-}
-fn default_backoff_min_ms() -> u64 {
-    100
-}
-fn default_backoff_max_ms() -> u64 {
-    5000
-}
-fn default_max_batch() -> usize {
-    4
-}
-fn default_max_wait_ms() -> u64 {
-    5
-}
-fn default_max_queue() -> usize {
-    64
-}
-fn default_max_message_mib() -> usize {
-    16
-}
-fn default_status_interval_s() -> u64 {
-    10
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 7443)),
+            models: BTreeMap::new(),
+            batching: BatchingConfig::default(),
+            tls: TlsPaths::default(),
+            max_message_mib: Count::literal(16),
+            status_interval_s: Seconds::new(10),
+        }
+    }
 }
 
-/// Reads a TOML file, applies `section.key=value` overrides (from CLI flags) on the raw table,
-/// then deserializes, so that overrides go through exactly the same checks as the file.
-fn load_toml<T: DeserializeOwned>(path: &Path, overrides: &[String]) -> Result<T, ConfigError> {
+/// Reads a TOML file and applies `section.key=value` overrides (from CLI flags) on the raw
+/// table, so that overrides go through exactly the same checks as the file.
+fn read_table(path: &Path, overrides: &[String]) -> Result<toml::Table, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
     let mut table: toml::Table =
         toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
     for item in overrides {
         apply_override(&mut table, item)?;
     }
-    T::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })
+    Ok(table)
+}
+
+/// Deserializes `table`; each value refused on the way is noted as a [`Problem`] and removed,
+/// so its section's default takes its place and parsing goes on to the next problem.
+fn parse_table<T: DeserializeOwned>(mut table: toml::Table, problems: &mut Vec<Problem>) -> Option<T> {
+    loop {
+        let error = match serde_path_to_error::deserialize::<_, T>(toml::Value::Table(table.clone())) {
+            Ok(value) => return Some(value),
+            Err(error) => error,
+        };
+        let segments: Vec<String> = error
+            .path()
+            .iter()
+            .filter_map(|s| match s {
+                serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+                serde_path_to_error::Segment::Seq { index } => Some(index.to_string()),
+                _ => None,
+            })
+            .collect();
+        let message = error.inner().message().to_string();
+        // Our own types say what is wrong as a predicate ("is outside 1..=64"); serde's messages
+        // ("unknown field `x`, expected ...") are quoted after one.
+        let problem =
+            if message.starts_with("is ") || message.starts_with("must ") { message } else { format!("is not accepted: {message}") };
+        let value = lookup(&table, &segments).map_or_else(|| "(missing)".to_string(), show);
+        problems.push(Problem { key: error.path().to_string(), value, problem });
+        if !remove(&mut table, &segments) {
+            return None;
+        }
+    }
+}
+
+fn lookup<'t>(table: &'t toml::Table, segments: &[String]) -> Option<&'t toml::Value> {
+    let (first, rest) = segments.split_first()?;
+    rest.iter().try_fold(table.get(first)?, |value, segment| match value {
+        toml::Value::Table(t) => t.get(segment),
+        toml::Value::Array(a) => a.get(segment.parse::<usize>().ok()?),
+        _ => None,
+    })
+}
+
+/// Removes the value at `segments`; false when there is nothing there to remove.
+fn remove(table: &mut toml::Table, segments: &[String]) -> bool {
+    let Some((last, parents)) = segments.split_last() else { return false };
+    let mut cursor = table;
+    for segment in parents {
+        // A refused array element: the whole array goes.
+        if cursor.get(segment).is_some_and(toml::Value::is_array) {
+            return cursor.remove(segment).is_some();
+        }
+        match cursor.get_mut(segment) {
+            Some(toml::Value::Table(t)) => cursor = t,
+            _ => return false,
+        }
+    }
+    cursor.remove(last).is_some()
+}
+
+/// A value as a user would write it on the command line: strings without quotes.
+fn show(value: &toml::Value) -> String {
+    match value {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// `ingest.params.location=/x.mp4` → sets that key; the value is parsed as TOML when it is a
@@ -332,47 +509,57 @@ pub fn apply_override(table: &mut toml::Table, item: &str) -> Result<(), ConfigE
     Ok(())
 }
 
-/// Collects the first failed check with the key it concerns.
-struct Checker<'a> {
-    path: &'a Path,
+/// Collects every failed check with the key it concerns.
+#[derive(Default)]
+struct Checker {
+    problems: Vec<Problem>,
 }
 
-impl Checker<'_> {
-    fn check(&self, ok: bool, key: &str, value: impl std::fmt::Display, problem: &str) -> Result<(), ConfigError> {
-        if ok {
-            Ok(())
+impl Checker {
+    fn check(&mut self, ok: bool, key: &str, value: impl fmt::Display, problem: &str) {
+        // A value refused while parsing was replaced by its default: checking the default would
+        // only blame the user for something they did not write.
+        let reported = self.problems.iter().any(|p| within(&p.key, key) || within(key, &p.key));
+        if !ok && !reported {
+            self.problems.push(Problem { key: key.to_string(), value: value.to_string(), problem: problem.to_string() });
+        }
+    }
+
+    /// A file that must be given and must exist; `hint` says where to find one.
+    fn file(&mut self, key: &str, path: &Path, hint: &str) {
+        if path.as_os_str().is_empty() {
+            self.check(false, key, "(missing)", &format!("must be set ({hint})"));
         } else {
-            Err(ConfigError::Invalid {
-                path: self.path.to_path_buf(),
-                key: key.to_string(),
-                value: value.to_string(),
-                problem: problem.to_string(),
-            })
+            self.check(path.is_file(), key, path.display(), &format!("does not exist ({hint})"));
         }
     }
 
-    fn session(&self, section: &str, s: &SessionConfig) -> Result<(), ConfigError> {
-        self.check((1..=64).contains(&s.intra_threads), &format!("{section}.intra_threads"), s.intra_threads, "is outside 1..=64")?;
-        self.check((1..=64).contains(&s.inter_threads), &format!("{section}.inter_threads"), s.inter_threads, "is outside 1..=64")
-    }
-
-    fn tls(&self, section: &str, t: &TlsPaths) -> Result<(), ConfigError> {
+    fn tls(&mut self, section: &str, t: &TlsPaths) {
         for (name, p) in [("ca_cert", &t.ca_cert), ("cert", &t.cert), ("key", &t.key)] {
-            self.check(
-                p.is_file(),
-                &format!("{section}.{name}"),
-                p.display(),
-                "does not exist (run `edgeseg certs` for a development PKI)",
-            )?;
+            self.file(&format!("{section}.{name}"), p, "run `edgeseg certs` for a development PKI");
         }
-        Ok(())
     }
+
+    fn finish<T>(self, path: &Path, parsed: Option<T>) -> Result<T, ConfigError> {
+        match parsed {
+            Some(value) if self.problems.is_empty() => Ok(value),
+            _ => Err(ConfigError::Invalid { path: path.to_path_buf(), problems: self.problems }),
+        }
+    }
+}
+
+/// Whether `key` is `outer` or a part of it (`remote.workers[0]` of `remote.workers`).
+fn within(key: &str, outer: &str) -> bool {
+    key.strip_prefix(outer).is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
 }
 
 /// Joins relative paths to the config's folder and removes `.`/`..` lexically, so messages
-/// and outputs show plain paths.
+/// and outputs show plain paths. An empty path (a key not set) stays empty.
 fn resolve(base: &Path, p: &mut PathBuf) {
     use std::path::Component;
+    if p.as_os_str().is_empty() {
+        return;
+    }
     let joined = if p.is_relative() { base.join(&*p) } else { p.clone() };
     let mut clean = PathBuf::new();
     for c in joined.components() {
@@ -397,110 +584,98 @@ fn config_dir(path: &Path) -> PathBuf {
     path.parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
+/// Reads, parses and checks one config file: `prepare` resolves its paths, `validate` adds the
+/// checks that span keys or touch the disk.
+fn load<T: DeserializeOwned>(
+    path: &Path,
+    overrides: &[String],
+    prepare: impl FnOnce(&mut T, &Path),
+    validate: impl FnOnce(&T, &mut Checker),
+) -> Result<T, ConfigError> {
+    let table = read_table(path, overrides)?;
+    let mut checker = Checker::default();
+    let mut parsed = parse_table::<T>(table, &mut checker.problems);
+    if let Some(config) = parsed.as_mut() {
+        prepare(config, &config_dir(path));
+        validate(config, &mut checker);
+    }
+    checker.finish(path, parsed)
+}
+
 impl EdgeConfig {
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
-        let mut cfg: EdgeConfig = load_toml(path, overrides)?;
-        let base = config_dir(path);
-        resolve(&base, &mut cfg.ingest.pipeline);
-        // `location` is the file parameter of file.pipeline: a path like the others.
-        if let Some(location) = cfg.ingest.params.get_mut("location") {
-            let mut p = PathBuf::from(&*location);
-            resolve(&base, &mut p);
-            *location = p.to_string_lossy().into_owned();
-        }
-        resolve(&base, &mut cfg.model.manifest);
-        resolve(&base, &mut cfg.output.dir);
-        if let Some(t) = cfg.remote.tls.as_mut() {
-            resolve_tls(&base, t);
-        }
-        cfg.validate(path)?;
-        Ok(cfg)
+        load(path, overrides, EdgeConfig::resolve_paths, EdgeConfig::validate)
     }
 
-    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let c = Checker { path };
-        c.check(
-            self.ingest.pipeline.is_file(),
-            "ingest.pipeline",
-            self.ingest.pipeline.display(),
-            "does not exist (see pipelines/ for ready descriptions)",
-        )?;
-        c.check(self.model.manifest.is_file(), "model.manifest", self.model.manifest.display(), "does not exist (see models/*.toml)")?;
-        c.session("model", &self.model)?;
-        c.check(
-            (1..=1024).contains(&self.pipeline.queue_capacity),
-            "pipeline.queue_capacity",
-            self.pipeline.queue_capacity,
-            "is outside 1..=1024",
-        )?;
-        c.check(
-            (1..=100_000).contains(&self.pipeline.reorder_window),
-            "pipeline.reorder_window",
-            self.pipeline.reorder_window,
-            "is outside 1..=100000",
-        )?;
-        c.check((0.0..=1.0).contains(&self.output.overlay_alpha), "output.overlay_alpha", self.output.overlay_alpha, "is outside 0..=1")?;
-        let interval = self.output.metrics_interval_ms;
+    fn resolve_paths(&mut self, base: &Path) {
+        resolve(base, &mut self.ingest.pipeline);
+        // `location` is the file parameter of file.pipeline: a path like the others.
+        if let Some(location) = self.ingest.params.get_mut("location") {
+            let mut p = PathBuf::from(&*location);
+            resolve(base, &mut p);
+            *location = p.to_string_lossy().into_owned();
+        }
+        resolve(base, &mut self.model.manifest);
+        resolve(base, &mut self.output.dir);
+        if let Some(t) = self.remote.tls.as_mut() {
+            resolve_tls(base, t);
+        }
+    }
+
+    fn validate(&self, c: &mut Checker) {
+        c.file("ingest.pipeline", &self.ingest.pipeline, "see pipelines/ for ready descriptions");
+        c.file("model.manifest", &self.model.manifest, "see models/*.toml");
+        c.check(!self.output.dir.as_os_str().is_empty(), "output.dir", "(missing)", "must be set");
+        c.check((0.0..=1.0).contains(&self.output.overlay_alpha), "output.overlay_alpha", self.output.overlay_alpha, "is outside 0..=1");
+        let interval = self.output.metrics_interval_ms.units();
         c.check(
             interval == 0 || (10..=3_600_000).contains(&interval),
             "output.metrics_interval_ms",
             interval,
             "must be 0 (off) or within 10..=3600000",
-        )?;
-        c.check(!self.output.overlay_encoder.trim().is_empty(), "output.overlay_encoder", "\"\"", "is empty")?;
+        );
+        c.check(!self.output.overlay_encoder.trim().is_empty(), "output.overlay_encoder", "\"\"", "is empty");
         let r = &self.remote;
-        c.check(r.every_nth >= 1, "remote.every_nth", r.every_nth, "must be at least 1")?;
-        c.check((1..=600_000).contains(&r.deadline_ms), "remote.deadline_ms", r.deadline_ms, "is outside 1..=600000")?;
-        c.check((1..=1024).contains(&r.max_in_flight), "remote.max_in_flight", r.max_in_flight, "is outside 1..=1024")?;
-        c.check((1..=100).contains(&r.jpeg_quality), "remote.jpeg_quality", r.jpeg_quality, "is outside 1..=100")?;
+        c.check((1..=600_000).contains(&r.deadline_ms.units()), "remote.deadline_ms", r.deadline_ms, "is outside 1..=600000");
         c.check(
-            r.reconnect_min_ms >= 1 && r.reconnect_min_ms <= r.reconnect_max_ms,
+            r.reconnect_min_ms.units() >= 1 && r.reconnect_min_ms <= r.reconnect_max_ms,
             "remote.reconnect_min_ms",
             r.reconnect_min_ms,
             "must be at least 1 and at most remote.reconnect_max_ms",
-        )?;
-        c.check(r.connect_timeout_ms >= 1, "remote.connect_timeout_ms", r.connect_timeout_ms, "must be at least 1")?;
-        for w in &r.workers {
-            c.check(
-                w.parse::<SocketAddr>().is_ok() || w.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()),
-                "remote.workers",
-                w,
-                "is not host:port",
-            )?;
-        }
+        );
+        c.check(r.connect_timeout_ms.units() >= 1, "remote.connect_timeout_ms", r.connect_timeout_ms, "must be at least 1");
         if r.routing != Routing::Local {
-            c.check(!r.workers.is_empty(), "remote.workers", "[]", "is empty but remote.routing sends frames to a worker")?;
+            c.check(!r.workers.is_empty(), "remote.workers", "[]", "is empty but remote.routing sends frames to a worker");
             match &r.tls {
-                Some(t) => c.tls("remote.tls", t)?,
-                None => c.check(false, "remote.tls", "(missing)", "must be set when remote.routing is not \"local\"")?,
+                Some(t) => c.tls("remote.tls", t),
+                None => c.check(false, "remote.tls", "(missing)", "must be set when remote.routing is not \"local\""),
             }
         }
-        Ok(())
     }
 }
 
 impl WorkerConfig {
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
-        let mut cfg: WorkerConfig = load_toml(path, overrides)?;
-        let base = config_dir(path);
-        for m in cfg.models.values_mut() {
-            resolve(&base, &mut m.manifest);
+        load(path, overrides, WorkerConfig::resolve_paths, WorkerConfig::validate)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        for m in self.models.values_mut() {
+            resolve(base, &mut m.manifest);
         }
-        resolve_tls(&base, &mut cfg.tls);
-        let c = Checker { path };
-        c.check(cfg.listen.parse::<SocketAddr>().is_ok(), "listen", &cfg.listen, "is not an ip:port socket address")?;
-        c.check(!cfg.models.is_empty(), "models", "{}", "is empty: name at least one model, e.g. [models.large]")?;
-        for (name, m) in &cfg.models {
-            c.check(m.manifest.is_file(), &format!("models.{name}.manifest"), m.manifest.display(), "does not exist (see models/*.toml)")?;
-            c.session(&format!("models.{name}"), m)?;
+        resolve_tls(base, &mut self.tls);
+    }
+
+    fn validate(&self, c: &mut Checker) {
+        c.check(!self.models.is_empty(), "models", "{}", "is empty: name at least one model, e.g. [models.large]");
+        for (name, m) in &self.models {
+            c.file(&format!("models.{name}.manifest"), &m.manifest, "see models/*.toml");
         }
-        c.check((1..=64).contains(&cfg.batching.max_batch), "batching.max_batch", cfg.batching.max_batch, "is outside 1..=64")?;
-        c.check(cfg.batching.max_wait_ms <= 1000, "batching.max_wait_ms", cfg.batching.max_wait_ms, "is above 1000")?;
-        c.check((1..=100_000).contains(&cfg.batching.max_queue), "batching.max_queue", cfg.batching.max_queue, "is outside 1..=100000")?;
-        c.check((1..=256).contains(&cfg.max_message_mib), "max_message_mib", cfg.max_message_mib, "is outside 1..=256")?;
-        c.check(cfg.status_interval_s <= 3600, "status_interval_s", cfg.status_interval_s, "is above 3600 (0 turns status lines off)")?;
-        c.tls("tls", &cfg.tls)?;
-        Ok(cfg)
+        let wait = self.batching.max_wait_ms;
+        c.check(wait.units() <= 1000, "batching.max_wait_ms", wait, "is above 1000");
+        let status = self.status_interval_s;
+        c.check(status.units() <= 3600, "status_interval_s", status, "is above 3600 (0 turns status lines off)");
+        c.tls("tls", &self.tls);
     }
 }
 
@@ -520,5 +695,174 @@ mod tests {
         assert_eq!(a["d"].as_bool(), Some(true));
         assert!(apply_override(&mut t, "novalue").is_err());
         assert!(apply_override(&mut t, "a..b=1").is_err());
+    }
+
+    fn root() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    }
+
+    /// An edge config in `dir` whose paths all exist, with `extra` lines appended.
+    fn edge_file(dir: &Path, extra: &str) -> PathBuf {
+        let pem = dir.join("x.pem");
+        std::fs::write(&pem, "").unwrap();
+        let text = format!(
+            "[ingest]\npipeline = \"{}\"\n[model]\nmanifest = \"{}\"\n[output]\ndir = \"out\"\n\
+             [remote.tls]\nca_cert = \"{pem}\"\ncert = \"{pem}\"\nkey = \"{pem}\"\n{extra}",
+            root().join("pipelines/file.pipeline").display(),
+            root().join("models/small.toml").display(),
+            pem = pem.display(),
+        );
+        let path = dir.join("edge.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn problems(error: ConfigError) -> Vec<Problem> {
+        match error {
+            ConfigError::Invalid { problems, .. } => problems,
+            other => panic!("expected invalid values, got {other}"),
+        }
+    }
+
+    #[test]
+    fn the_shipped_configs_load_and_a_minimal_one_takes_every_default() {
+        let edge = EdgeConfig::load(&root().join("config/edge.toml"), &[]).expect("config/edge.toml");
+        assert_eq!(edge.pipeline.queue_capacity.get(), 4);
+        assert_eq!(edge.remote.workers, vec!["127.0.0.1:7443".parse::<WorkerAddr>().unwrap()]);
+        assert_eq!(edge.remote.deadline_ms.get(), Duration::from_millis(500));
+        let dir = tempfile::tempdir().unwrap();
+        let minimal = EdgeConfig::load(&edge_file(dir.path(), ""), &[]).unwrap();
+        let defaults = RemoteConfig::default();
+        assert_eq!((minimal.remote.every_nth, minimal.remote.max_in_flight), (defaults.every_nth, defaults.max_in_flight));
+        assert_eq!(minimal.output.metrics_interval_ms.period(), Some(Duration::from_secs(1)));
+        assert_eq!(minimal.model.intra_threads.get(), 2);
+        assert_eq!(minimal.output.dir, dir.path().join("out"), "relative to the file");
+    }
+
+    #[test]
+    fn each_bad_edge_value_is_named_with_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = edge_file(dir.path(), "");
+        let cases: &[(&str, &str, &str)] = &[
+            ("pipeline.queue_capacity=0", "pipeline.queue_capacity = 0", "is outside 1..=1024"),
+            ("pipeline.queue_capacity=5000", "pipeline.queue_capacity = 5000", "is outside 1..=1024"),
+            ("pipeline.reorder_window=-1", "pipeline.reorder_window = -1", "is outside 1..=100000"),
+            ("model.intra_threads=0", "model.intra_threads = 0", "is outside 1..=64"),
+            ("model.inter_threads=65", "model.inter_threads = 65", "is outside 1..=64"),
+            ("model.optimization=\"most\"", "model.optimization = most", "unknown variant"),
+            ("model.manifest=/no/such.toml", "model.manifest = /no/such.toml", "does not exist"),
+            ("ingest.live=\"sometimes\"", "ingest.live = sometimes", "unknown variant"),
+            ("ingest.params.size=[1]", "ingest.params = ", "size is array"),
+            ("output.overlay_alpha=1.5", "output.overlay_alpha = 1.5", "is outside 0..=1"),
+            ("output.metrics_interval_ms=5", "output.metrics_interval_ms = 5", "must be 0 (off)"),
+            ("output.metrics_interval_ms=-5", "output.metrics_interval_ms = -5", "is negative"),
+            ("output.overlay_encoder=\" \"", "output.overlay_encoder = \"\"", "is empty"),
+            ("output.colour=true", "output.colour = true", "unknown field `colour`"),
+            ("remote.every_nth=0", "remote.every_nth = 0", "must be at least 1"),
+            ("remote.deadline_ms=0", "remote.deadline_ms = 0", "is outside 1..=600000"),
+            ("remote.max_in_flight=0", "remote.max_in_flight = 0", "is outside 1..=1024"),
+            ("remote.jpeg_quality=101", "remote.jpeg_quality = 101", "is outside 1..=100"),
+            ("remote.connect_timeout_ms=0", "remote.connect_timeout_ms = 0", "must be at least 1"),
+            ("remote.reconnect_min_ms=9000", "remote.reconnect_min_ms = 9000", "at most remote.reconnect_max_ms"),
+            ("remote.workers=[\"nohost\"]", "remote.workers[0] = nohost", "is not host:port"),
+            ("remote.image_encoding=\"png\"", "remote.image_encoding = png", "unknown variant"),
+            ("remote.routing=\"remote\"", "remote.workers = []", "is empty but remote.routing sends frames"),
+            ("remote.tls.cert=/no/cert.pem", "remote.tls.cert = /no/cert.pem", "edgeseg certs"),
+            ("ingest.pipeline=\"\"", "ingest.pipeline = (missing)", "must be set"),
+        ];
+        for (set, key_value, problem) in cases {
+            let mut overrides = vec![set.to_string()];
+            if !set.starts_with("remote.routing") {
+                // So that the [remote] keys are checked as they are when in use.
+                overrides.extend(["remote.routing=\"every-nth\"".to_string(), "remote.workers=[\"localhost:7443\"]".to_string()]);
+            }
+            if set.starts_with("remote.workers") {
+                overrides.pop();
+            }
+            let found = problems(EdgeConfig::load(&path, &overrides).expect_err(set));
+            assert_eq!(found.len(), 1, "{set}: {found:?}");
+            let message = found[0].to_string();
+            assert!(message.starts_with(key_value) && message.contains(problem), "{set}: {message:?}");
+        }
+    }
+
+    #[test]
+    fn every_problem_of_a_file_is_reported_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = edge_file(dir.path(), "[pipeline]\nqueue_capacity = 0\nreorder_windw = 3\n");
+        let overrides = ["output.overlay_alpha=2".to_string(), "remote.every_nth=0".to_string(), "model.manifest=/no.toml".to_string()];
+        let error = EdgeConfig::load(&path, &overrides).unwrap_err();
+        let keys: Vec<String> = problems(error).into_iter().map(|p| p.key).collect();
+        for key in ["pipeline.queue_capacity", "pipeline.reorder_windw", "remote.every_nth", "output.overlay_alpha", "model.manifest"] {
+            assert!(keys.iter().any(|k| k == key), "{key} missing from {keys:?}");
+        }
+        let message = EdgeConfig::load(&path, &overrides).unwrap_err().to_string();
+        assert_eq!(message.lines().count(), 5, "{message}");
+        assert!(message.lines().all(|l| l.starts_with(&path.display().to_string())), "every line names the file: {message}");
+    }
+
+    #[test]
+    fn an_empty_file_names_every_key_that_must_be_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("edge.toml");
+        std::fs::write(&path, "").unwrap();
+        let keys: Vec<String> = problems(EdgeConfig::load(&path, &[]).unwrap_err()).into_iter().map(|p| p.key).collect();
+        assert_eq!(keys, ["ingest.pipeline", "model.manifest", "output.dir"]);
+        let keys: Vec<String> = problems(WorkerConfig::load(&path, &[]).unwrap_err()).into_iter().map(|p| p.key).collect();
+        assert_eq!(keys, ["models", "tls.ca_cert", "tls.cert", "tls.key"]);
+    }
+
+    #[test]
+    fn each_bad_worker_value_is_named_with_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("x.pem");
+        std::fs::write(&pem, "").unwrap();
+        let path = dir.path().join("worker.toml");
+        let text = format!(
+            "listen = \"127.0.0.1:0\"\n[models.large]\nmanifest = \"{}\"\n[tls]\nca_cert = \"{pem}\"\ncert = \"{pem}\"\nkey = \"{pem}\"\n",
+            root().join("models/large.toml").display(),
+            pem = pem.display()
+        );
+        std::fs::write(&path, text).unwrap();
+        let config = WorkerConfig::load(&path, &[]).unwrap();
+        assert_eq!(config.batching.max_wait_ms.get(), Duration::from_millis(5));
+        assert_eq!(config.status_interval_s.period(), Some(Duration::from_secs(10)));
+        let cases: &[(&str, &str, &str)] = &[
+            ("listen=\"localhost\"", "listen = localhost", "is not an ip:port socket address"),
+            ("batching.max_batch=0", "batching.max_batch = 0", "is outside 1..=64"),
+            ("batching.max_wait_ms=1001", "batching.max_wait_ms = 1001", "is above 1000"),
+            ("batching.max_queue=0", "batching.max_queue = 0", "is outside 1..=100000"),
+            ("max_message_mib=300", "max_message_mib = 300", "is outside 1..=256"),
+            ("status_interval_s=4000", "status_interval_s = 4000", "0 turns status lines off"),
+            ("models.large.intra_threads=0", "models.large.intra_threads = 0", "is outside 1..=64"),
+            ("models.large.manifest=/no.toml", "models.large.manifest = /no.toml", "does not exist"),
+            ("tls.key=/no/worker.key", "tls.key = /no/worker.key", "edgeseg certs"),
+            ("tls.kye=/no/worker.key", "tls.kye = /no/worker.key", "unknown field `kye`"),
+        ];
+        for (set, key_value, problem) in cases {
+            let found = problems(WorkerConfig::load(&path, &[set.to_string()]).expect_err(set));
+            assert_eq!(found.len(), 1, "{set}: {found:?}");
+            let message = found[0].to_string();
+            assert!(message.starts_with(key_value) && message.contains(problem), "{set}: {message:?}");
+        }
+    }
+
+    #[test]
+    fn worker_addresses_need_a_host_and_a_port() {
+        for good in ["127.0.0.1:7443", "localhost:7443", "[::1]:7443", "worker.example:1"] {
+            assert_eq!(good.parse::<WorkerAddr>().unwrap().to_string(), good);
+        }
+        for bad in ["localhost", ":7443", "host:port", "host:70000", ""] {
+            assert!(bad.parse::<WorkerAddr>().is_err(), "{bad:?}");
+        }
+        assert_eq!("127.0.0.1:7443".parse::<WorkerAddr>().unwrap().resolve().unwrap(), SocketAddr::from(([127, 0, 0, 1], 7443)));
+    }
+
+    #[test]
+    fn tls_paths_parse_from_toml_and_reject_typos() {
+        let paths: TlsPaths = toml::from_str("ca_cert = \"pki/ca.pem\"\ncert = \"pki/worker.pem\"\nkey = \"pki/worker.key\"\n").unwrap();
+        assert_eq!(paths.key, PathBuf::from("pki/worker.key"));
+        let typo = toml::from_str::<TlsPaths>("ca_cert = \"a\"\ncert = \"b\"\nkye = \"c\"\n");
+        assert!(typo.is_err());
     }
 }

@@ -184,7 +184,7 @@ fn ms_since(t: Instant) -> f64 {
 /// Runs the edge pipeline to completion (end of stream, or `stop` set by a signal).
 /// Errors at start-up (bad pipeline, model, output directory) return `Err` before any frame.
 pub fn run(config: &EdgeConfig, stop: Arc<AtomicBool>) -> Result<RunOutcome, PipelineError> {
-    let cap = config.pipeline.queue_capacity;
+    let cap = config.pipeline.queue_capacity.get();
     let spec = PipelineSpec::from_file(&config.ingest.pipeline, &config.ingest.params)?;
     // Load what can fail first so a bad model or output folder fails before the camera starts.
     let mut model = Model::load(&config.model)?;
@@ -197,7 +197,7 @@ pub fn run(config: &EdgeConfig, stop: Arc<AtomicBool>) -> Result<RunOutcome, Pip
         overlay_alpha: config.output.overlay_alpha,
         overlay_encoder: config.output.overlay_encoder.clone(),
         class_names: manifest.output.classes.clone(),
-        reorder_window: config.pipeline.reorder_window,
+        reorder_window: config.pipeline.reorder_window.get(),
     })?;
     let health = Arc::new(RemoteHealth::default());
     let remote_client = match config.remote.routing {
@@ -287,7 +287,7 @@ pub fn run(config: &EdgeConfig, stop: Arc<AtomicBool>) -> Result<RunOutcome, Pip
     let monitor_done = Arc::new(AtomicBool::new(false));
     let monitor = {
         let (queues, health, stats, done) = (queues.clone(), health.clone(), ingest.stats.clone(), monitor_done.clone());
-        let interval = Duration::from_millis(config.output.metrics_interval_ms);
+        let interval = config.output.metrics_interval_ms.get();
         let mut metrics = (!interval.is_zero()).then(|| MetricsWriter::create(&config.output.dir)).flatten();
         let remote_enabled = config.remote.routing != Routing::Local;
         stage("monitor", move || {

@@ -5,7 +5,7 @@
 //! (predicted per-class IoU per frame) and the adaptive threshold (fed by queue depths, CPU load,
 //! battery and [`crate::metrics::RemoteHealth`]) plug in here, behind the same `route` call.
 
-use crate::config::Routing;
+use crate::config::{Count, Routing};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
@@ -20,8 +20,8 @@ pub struct RoutingPolicy {
 }
 
 impl RoutingPolicy {
-    pub fn new(routing: Routing, every_nth: u64) -> Self {
-        RoutingPolicy { routing, every_nth: every_nth.max(1) }
+    pub fn new(routing: Routing, every_nth: Count<{ usize::MAX }>) -> Self {
+        RoutingPolicy { routing, every_nth: every_nth.get() as u64 }
     }
 
     /// `order` is the frame's position after ingest (contiguous, starting at 0).
@@ -41,11 +41,12 @@ mod tests {
 
     #[test]
     fn every_nth_sends_every_nth_frame_remote() {
-        let p = RoutingPolicy::new(Routing::EveryNth, 3);
+        let n = |n| Count::new(n).unwrap();
+        let p = RoutingPolicy::new(Routing::EveryNth, n(3));
         let routes: Vec<Route> = (0..6).map(|o| p.route(o)).collect();
         use Route::*;
         assert_eq!(routes, vec![Local, Local, Remote, Local, Local, Remote]);
-        assert_eq!(RoutingPolicy::new(Routing::Remote, 1).route(5), Remote);
-        assert_eq!(RoutingPolicy::new(Routing::Local, 1).route(5), Local);
+        assert_eq!(RoutingPolicy::new(Routing::Remote, n(1)).route(5), Remote);
+        assert_eq!(RoutingPolicy::new(Routing::Local, n(1)).route(5), Local);
     }
 }

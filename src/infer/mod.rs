@@ -118,9 +118,9 @@ impl Model {
         let load_err = |message: String| InferError::Load { onnx: manifest.onnx.clone(), manifest: manifest.path.clone(), message };
         let session = Session::builder(env)
             .map_err(|e| load_err(e.to_string()))?
-            .with_intra_threads(settings.intra_threads)
+            .with_intra_threads(settings.intra_threads.get())
             .map_err(|e| load_err(e.to_string()))?
-            .with_inter_threads(settings.inter_threads)
+            .with_inter_threads(settings.inter_threads.get())
             .map_err(|e| load_err(e.to_string()))?
             .with_optimization_level(optimization_level(settings.optimization))
             .map_err(|e| load_err(e.to_string()))?

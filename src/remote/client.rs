@@ -7,7 +7,7 @@
 //! as a fallback. No frame is ever lost. Connection health is measured into [`RemoteHealth`]
 //! for the control unit.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -87,13 +87,9 @@ impl RemoteClient {
             .workers
             .iter()
             .map(|w| {
-                let addr = w
-                    .to_socket_addrs()
-                    .map_err(|e| ClientError::Resolve(w.clone(), e.to_string()))?
-                    .next()
-                    .ok_or_else(|| ClientError::Resolve(w.clone(), "no address".into()))?;
+                let addr = w.resolve().map_err(|e| ClientError::Resolve(w.to_string(), e.to_string()))?;
                 Ok(Arc::new(WorkerSlot {
-                    label: w.clone(),
+                    label: w.to_string(),
                     addr,
                     connection: Mutex::new(None),
                     last_error: Mutex::new(None),
@@ -151,7 +147,7 @@ impl RemoteClient {
             runtime.spawn(keep_connected(endpoint.clone(), slot.clone(), self.settings.clone(), self.health.clone(), stop.clone()));
         }
         // Give the first connection attempt a moment so the first frames do not all fall back.
-        runtime.block_on(wait_for_any_connection(&self.workers, Duration::from_millis(self.settings.connect_timeout_ms)));
+        runtime.block_on(wait_for_any_connection(&self.workers, self.settings.connect_timeout_ms.get()));
         if self.workers.iter().all(|w| w.live_connection().is_none()) {
             let reasons: Vec<String> = self
                 .workers
@@ -167,7 +163,7 @@ impl RemoteClient {
             tracing::warn!(workers = %reasons.join("; "), "no remote worker reachable; remote frames fall back to the small network until one is");
         }
 
-        let in_flight = Arc::new(Semaphore::new(self.settings.max_in_flight));
+        let in_flight = Arc::new(Semaphore::new(self.settings.max_in_flight.get()));
         let encoding = match self.settings.image_encoding {
             ImageEncodingChoice::Jpeg => ImageEncoding::Jpeg,
             ImageEncodingChoice::Raw => ImageEncoding::RawBgr8,
@@ -175,7 +171,7 @@ impl RemoteClient {
         for job in jobs.iter() {
             // Bounded in-flight: the decision stage feels back-pressure instead of us queueing without limit.
             let permit = runtime.block_on(in_flight.clone().acquire_owned()).expect("semaphore never closed");
-            let image = match super::image::encode(&job.frame.bgr, job.frame.width, job.frame.height, encoding, self.settings.jpeg_quality)
+            let image = match super::image::encode(&job.frame.bgr, job.frame.width, job.frame.height, encoding, self.settings.jpeg_quality.get() as i32)
             {
                 Ok(image) => image,
                 Err(e) => {
@@ -192,7 +188,7 @@ impl RemoteClient {
             });
         }
         // Input closed: wait until every frame in flight has its answer or its fallback.
-        let _all = runtime.block_on(in_flight.acquire_many(self.settings.max_in_flight as u32));
+        let _all = runtime.block_on(in_flight.acquire_many(self.settings.max_in_flight.get() as u32));
         stop.notify_waiters();
         endpoint.close(0u32.into(), b"edge shutting down");
         runtime.block_on(async { tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await.ok() });
@@ -220,13 +216,13 @@ async fn keep_connected(
     health: Arc<RemoteHealth>,
     stop: Arc<tokio::sync::Notify>,
 ) {
-    let mut backoff = Duration::from_millis(settings.reconnect_min_ms);
-    let max_backoff = Duration::from_millis(settings.reconnect_max_ms);
+    let mut backoff = settings.reconnect_min_ms.get();
+    let max_backoff = settings.reconnect_max_ms.get();
     let mut warned = false;
     loop {
         let attempt = async {
             let connecting = endpoint.connect(slot.addr, &settings.server_name).map_err(|e| e.to_string())?;
-            match tokio::time::timeout(Duration::from_millis(settings.connect_timeout_ms), connecting).await {
+            match tokio::time::timeout(settings.connect_timeout_ms.get(), connecting).await {
                 Ok(Ok(conn)) => Ok(conn),
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(_) => Err(format!("no answer within {} ms", settings.connect_timeout_ms)),
@@ -240,7 +236,7 @@ async fn keep_connected(
             Ok(conn) => {
                 tracing::info!(worker = %slot.label, "connected to remote worker");
                 warned = false;
-                backoff = Duration::from_millis(settings.reconnect_min_ms);
+                backoff = settings.reconnect_min_ms.get();
                 *slot.connection.lock().expect("connection lock") = Some(conn.clone());
                 *slot.last_error.lock().expect("error lock") = None;
                 health.connected.fetch_add(1, Ordering::Relaxed);
@@ -315,10 +311,10 @@ impl Shared {
         };
         let started = Instant::now();
         let received_before = conn.stats().udp_rx.datagrams;
-        let deadline = Duration::from_millis(self.settings.deadline_ms as u64);
+        let deadline = self.settings.deadline_ms.get();
         let request = Request {
             frame_id: job.order,
-            deadline_ms: self.settings.deadline_ms,
+            deadline_ms: u32::try_from(self.settings.deadline_ms.units()).unwrap_or(u32::MAX),
             model: self.settings.model.clone(),
             width: job.frame.width,
             height: job.frame.height,

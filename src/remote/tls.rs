@@ -30,6 +30,9 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+/// The TLS settings of both config files; every function here takes them.
+pub use crate::config::TlsPaths;
+
 /// ALPN protocol id of the edge ↔ worker protocol; bump the suffix when the wire format
 /// changes incompatibly, so mismatched peers fail at the handshake instead of mid-stream.
 pub const ALPN: &[u8] = b"edgeseg/1";
@@ -92,18 +95,6 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("QUIC cannot use this TLS configuration: {0}")]
     Quic(String),
-}
-
-/// Paths to PEM files, as set in config (worker.toml [tls] / edge.toml [remote.tls]).
-///
-/// The same shape serves both sides: `ca_cert` is the CA the peer must be signed by, `cert`
-/// and `key` are this side's own identity.
-#[derive(Debug, Clone, serde::Deserialize, serde::Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct TlsPaths {
-    pub ca_cert: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
 }
 
 /// Development PKI written by `edgeseg certs`: ca.pem, ca.key, worker.pem, worker.key, and
@@ -666,13 +657,5 @@ mod tests {
         }
         assert!(matches!(generate_dev_pki(dir.path(), &[], &names(&["edge-01"]), false), Err(TlsError::InvalidName { .. })));
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "nothing written");
-    }
-
-    #[test]
-    fn tls_paths_parse_from_toml_and_reject_typos() {
-        let paths: TlsPaths = toml::from_str("ca_cert = \"pki/ca.pem\"\ncert = \"pki/worker.pem\"\nkey = \"pki/worker.key\"\n").unwrap();
-        assert_eq!(paths.key, PathBuf::from("pki/worker.key"));
-        let typo = toml::from_str::<TlsPaths>("ca_cert = \"a\"\ncert = \"b\"\nkye = \"c\"\n");
-        assert!(typo.is_err());
     }
 }

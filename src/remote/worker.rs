@@ -28,7 +28,7 @@ pub enum WorkerError {
     #[error("worker TLS set-up failed: {0}")]
     Tls(#[from] super::tls::TlsError),
     #[error("cannot listen on {addr}: {source} (is another worker running there?)")]
-    Listen { addr: String, source: std::io::Error },
+    Listen { addr: SocketAddr, source: std::io::Error },
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -98,10 +98,10 @@ impl Worker {
         let mut batchers = Vec::new();
         for (name, session) in &config.models {
             let model = Model::load(session)?;
-            let (tx, rx) = crossbeam_channel::bounded(config.batching.max_queue);
+            let (tx, rx) = crossbeam_channel::bounded(config.batching.max_queue.get());
             queues.insert(name.clone(), ModelQueue { tx, manifest: Arc::new(model.manifest.clone()) });
-            let max_batch = config.batching.max_batch.min(model.max_batch);
-            let max_wait = Duration::from_millis(config.batching.max_wait_ms);
+            let max_batch = config.batching.max_batch.get().min(model.max_batch);
+            let max_wait = config.batching.max_wait_ms.get();
             let (stats, stop) = (stats.clone(), stop.clone());
             batchers.push(
                 std::thread::Builder::new()
@@ -117,20 +117,17 @@ impl Worker {
             .build()
             .map_err(WorkerError::Runtime)?;
         let server_config = super::tls::server_config(&config.tls)?;
-        let addr: SocketAddr = config.listen.parse().map_err(|e: std::net::AddrParseError| WorkerError::Listen {
-            addr: config.listen.clone(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
-        })?;
+        let addr = config.listen;
         let endpoint = {
             let _guard = runtime.enter();
-            super::endpoint(addr, Some(server_config)).map_err(|source| WorkerError::Listen { addr: config.listen.clone(), source })?
+            super::endpoint(addr, Some(server_config)).map_err(|source| WorkerError::Listen { addr, source })?
         };
-        let local_addr = endpoint.local_addr().map_err(|source| WorkerError::Listen { addr: config.listen.clone(), source })?;
-        let limits = Limits { max_message_bytes: config.max_message_mib << 20, ..Limits::default() };
+        let local_addr = endpoint.local_addr().map_err(|source| WorkerError::Listen { addr, source })?;
+        let limits = Limits { max_message_bytes: config.max_message_mib.get() << 20, ..Limits::default() };
         let server = Arc::new(Server { queues, limits, stats });
         runtime.spawn(accept_loop(endpoint.clone(), server.clone()));
-        if config.status_interval_s > 0 {
-            runtime.spawn(report_status(server.clone(), Duration::from_secs(config.status_interval_s)));
+        if let Some(interval) = config.status_interval_s.period() {
+            runtime.spawn(report_status(server.clone(), interval));
         }
         tracing::info!(%local_addr, models = ?config.models.keys().collect::<Vec<_>>(), "worker listening");
         Ok(Worker { local_addr, server, stop, endpoint, runtime: Some(runtime), batchers })

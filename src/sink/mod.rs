@@ -128,7 +128,7 @@ pub struct ReorderBuffer<T> {
 
 impl<T> ReorderBuffer<T> {
     pub fn new(window: usize) -> Self {
-        ReorderBuffer { next: 0, held: BTreeMap::new(), window: window.max(1), released_out_of_order: 0 }
+        ReorderBuffer { next: 0, held: BTreeMap::new(), window, released_out_of_order: 0 }
     }
 
     pub fn push(&mut self, order: u64, item: T, ready: &mut Vec<T>) {
