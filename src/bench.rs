@@ -10,7 +10,6 @@
 //!   p50/p99, throughput and CPU per frame, in rounds, reporting medians of per-round ratios.
 //!   TLS over TCP separates what encryption costs (which QUIC must pay) from QUIC's own costs.
 
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +20,7 @@ use crate::infer::Model;
 use crate::ingest::PipelineSpec;
 use crate::metrics::LatencyStats;
 use crate::remote::proto::{self, ImageEncoding, Limits, MaskResult, Request, Response, ResponseBody};
+use crate::shutdown::Shutdown;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -51,7 +51,7 @@ pub fn pipeline(config: &EdgeConfig) -> Result<(), BenchError> {
     let mut config = config.clone();
     config.remote.routing = Routing::Local;
     let spec = PipelineSpec::from_file(&config.ingest.pipeline, &config.ingest.params)?;
-    let frames = crate::pipeline::collect_frames(spec, usize::MAX)?;
+    let frames = crate::ingest::collect_frames(spec, usize::MAX)?;
     if frames.is_empty() {
         return Err(BenchError::Setup("the video has no frames".into()));
     }
@@ -81,7 +81,7 @@ pub fn pipeline(config: &EdgeConfig) -> Result<(), BenchError> {
             model.run(t, 1)?;
         }
         let bare = tensors.len() as f64 / started.elapsed().as_secs_f64();
-        let outcome = crate::pipeline::run(&config, Arc::new(AtomicBool::new(false)))?;
+        let outcome = crate::pipeline::run(&config, &Shutdown::new())?;
         if let Some(e) = outcome.error {
             return Err(e.into());
         }

@@ -2,14 +2,19 @@
 //!
 //! Modules follow one frame through the system: [`ingest`] (GStreamer → frames), [`control`]
 //! (local or remote), [`infer`] (ONNX Runtime, pre/post-processing), [`remote`] (QUIC to the
-//! large network), [`sink`] (records, masks, overlay). [`pipeline`] wires the stages together;
-//! [`metrics`] holds what they measure; [`config`] loads and checks the settings.
+//! large network), [`sink`] (records, masks, overlay). What travels between them is defined in
+//! [`frame`]; [`pipeline`] wires the stages together and nothing imports it. [`metrics`] holds
+//! what the stages measure, [`shutdown`] how they are asked to stop, [`config`] the settings,
+//! loaded and checked once.
 pub mod bench;
 pub mod config;
 pub mod control;
+pub mod frame;
+pub mod gst_support;
 pub mod infer;
 pub mod ingest;
 pub mod metrics;
 pub mod pipeline;
 pub mod remote;
+pub mod shutdown;
 pub mod sink;

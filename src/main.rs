@@ -3,13 +3,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use edgeseg::config::{EdgeConfig, WorkerConfig};
 use edgeseg::pipeline::RunSummary;
+use edgeseg::shutdown::Shutdown;
 
 #[derive(Parser)]
 #[command(name = "edgeseg", version, about = "Live semantic segmentation split between an edge device and a remote worker")]
@@ -129,13 +128,28 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// SIGINT/SIGTERM ask the pipeline to stop taking frames; in-flight frames still finish.
-fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, stop.clone()).context("installing the signal handler")?;
-    }
-    Ok(stop)
+/// The first SIGINT/SIGTERM requests the shutdown: intake stops, in-flight frames finish and
+/// the outputs are finalised. A second one exits at once, even if a camera or a drain is stuck.
+fn shutdown_on_signals() -> anyhow::Result<Shutdown> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).context("installing the signal handler")?;
+    let shutdown = Shutdown::new();
+    let requested = shutdown.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut signals = signals.forever();
+            if signals.next().is_some() {
+                tracing::info!("stop requested: finishing the frames in flight (signal again to exit at once)");
+                requested.request();
+            }
+            if let Some(signal) = signals.next() {
+                tracing::warn!("second stop request: exiting at once, outputs may be incomplete");
+                std::process::exit(128 + signal);
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok(shutdown)
 }
 
 fn print_summary(s: &RunSummary) {
@@ -188,7 +202,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => {
             let config = args.load()?;
-            let outcome = edgeseg::pipeline::run(&config, stop_flag()?)?;
+            let outcome = edgeseg::pipeline::run(&config, &shutdown_on_signals()?)?;
             print_summary(&outcome.summary);
             println!("  summary: {}", config.output.dir.join("summary.json").display());
             if let Some(e) = outcome.error {
@@ -200,13 +214,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Worker { config, overrides } => {
             let config = WorkerConfig::load(&config, &overrides)?;
-            let stop = stop_flag()?;
-            let worker = edgeseg::remote::worker::Worker::start(&config)?;
+            let worker = edgeseg::remote::worker::Worker::start(&config, shutdown_on_signals()?)?;
             println!("worker listening on {}", worker.local_addr);
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-            let s = worker.shutdown();
+            let s = worker.wait();
             println!(
                 "worker stopped: answered {} overloaded {} expired {} protocol errors {} refused handshakes {}; batch sizes {:?}",
                 s.answered, s.rejected_overloaded, s.expired, s.protocol_errors, s.handshake_failures, s.batch_sizes

@@ -1,6 +1,7 @@
 //! Measurements the pipeline exposes while it runs (queue depths, remote health) and reports
 //! when it ends (latency percentiles). Queue depths and remote health are what the control unit
-//! will read to adapt its offloading threshold, so they are plain shared values, cheap to sample.
+//! reads, sampled per frame, to adapt its offloading threshold, so they are plain
+//! shared values, cheap to sample.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -87,6 +88,14 @@ impl QueueGauge {
     }
 }
 
+/// One queue's depth at one moment.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct QueueSample {
+    pub name: &'static str,
+    pub depth: usize,
+    pub capacity: usize,
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct QueueReport {
     pub name: &'static str,
@@ -105,9 +114,14 @@ impl QueueDepths {
         self.gauges.lock().expect("queue gauges lock").push(Arc::new(gauge));
     }
 
-    /// Current depth of every queue, by name.
-    pub fn sample(&self) -> Vec<(&'static str, usize, usize)> {
-        self.gauges.lock().expect("queue gauges lock").iter().map(|g| (g.name, g.depth(), g.capacity)).collect()
+    /// Current depth of every queue (and the deepest each got, for [`Self::report`]).
+    pub fn sample(&self) -> Vec<QueueSample> {
+        self.gauges
+            .lock()
+            .expect("queue gauges lock")
+            .iter()
+            .map(|g| QueueSample { name: g.name, depth: g.depth(), capacity: g.capacity })
+            .collect()
     }
 
     pub fn report(&self) -> Vec<QueueReport> {
@@ -201,9 +215,9 @@ mod tests {
         depths.add(QueueGauge::new("q", &rx));
         tx.send(1).unwrap();
         tx.send(2).unwrap();
-        assert_eq!(depths.sample(), vec![("q", 2, 4)]);
+        assert_eq!(depths.sample(), vec![QueueSample { name: "q", depth: 2, capacity: 4 }]);
         rx.recv().unwrap();
-        assert_eq!(depths.sample()[0].1, 1);
+        assert_eq!(depths.sample()[0].depth, 1);
         assert_eq!(depths.report()[0].max_depth, 2);
     }
 }

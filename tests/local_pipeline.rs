@@ -6,13 +6,13 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::{edge_config, records, run_edge, short_video, RunResult, SHORT_VIDEO_FRAMES};
 use edgeseg::config::Liveness;
 use edgeseg::ingest::PipelineSpec;
+use edgeseg::shutdown::Shutdown;
 
 fn run_config(config: &Path, extra: &[&str]) -> RunResult {
     let mut args = vec!["run", "--config", config.to_str().unwrap()];
@@ -31,7 +31,7 @@ fn assert_fails_with(result: &RunResult, needles: &[&str]) {
 fn count_frames(video: &Path) -> usize {
     let params = BTreeMap::from([("location".to_string(), video.display().to_string())]);
     let spec = PipelineSpec::from_file(&common::root().join("pipelines/file.pipeline"), &params).unwrap();
-    edgeseg::pipeline::collect_frames(spec, usize::MAX).unwrap().len()
+    edgeseg::ingest::collect_frames(spec, usize::MAX).unwrap().len()
 }
 
 #[test]
@@ -84,8 +84,8 @@ fn live_source_drops_oldest_when_the_consumer_is_slow_and_is_never_blocked() {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
     let spec = PipelineSpec::from_file(&common::root().join("pipelines/testsrc.pipeline"), &params).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let ingest = edgeseg::ingest::spawn(spec, Liveness::Auto, 2, stop.clone()).unwrap();
+    let shutdown = Shutdown::new();
+    let ingest = edgeseg::ingest::spawn(spec, Liveness::Auto, 2, shutdown.clone()).unwrap();
     assert!(ingest.live, "videotestsrc is-live=true is detected as live");
 
     // A consumer ten times slower than the 50 fps source.
@@ -97,7 +97,7 @@ fn live_source_drops_oldest_when_the_consumer_is_slow_and_is_never_blocked() {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    stop.store(true, Ordering::Relaxed);
+    shutdown.request();
     let produced = ingest.stats.frames_in.load(Ordering::Relaxed);
     let dropped = ingest.stats.dropped.load(Ordering::Relaxed);
     drop(ingest.frames);

@@ -18,8 +18,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use edgeseg::config::{EdgeConfig, WorkerConfig};
@@ -27,6 +26,7 @@ use edgeseg::pipeline::RunOutcome;
 use edgeseg::remote::proto::{self, ErrorCode, ImageEncoding, Limits, Request, Response, ResponseBody};
 use edgeseg::remote::tls::{GeneratedPki, TlsPaths};
 use edgeseg::remote::worker::Worker;
+use edgeseg::shutdown::Shutdown;
 use serde_json::Value;
 
 /// Serializes the tests of this file; a failed test must not block the others, so poisoning is ignored.
@@ -72,7 +72,7 @@ impl Default for WorkerSettings {
 fn start_worker(dir: &Path, pki: &GeneratedPki, settings: &WorkerSettings) -> Worker {
     let path = write_worker_config(dir, pki, settings);
     let config = WorkerConfig::load(&path, &[]).expect("loading worker.toml");
-    Worker::start(&config).expect("starting the worker")
+    Worker::start(&config, Shutdown::new()).expect("starting the worker")
 }
 
 fn write_worker_config(dir: &Path, pki: &GeneratedPki, settings: &WorkerSettings) -> PathBuf {
@@ -130,7 +130,7 @@ fn run_edge(path: &Path, overrides: &[String]) -> (RunOutcome, Vec<Value>) {
     let mut all: Vec<String> = NO_EXTRA_OUTPUTS.iter().map(|s| s.to_string()).collect();
     all.extend_from_slice(overrides);
     let config = EdgeConfig::load(path, &all).expect("loading edge.toml");
-    let outcome = edgeseg::pipeline::run(&config, Arc::new(AtomicBool::new(false))).expect("starting the edge pipeline");
+    let outcome = edgeseg::pipeline::run(&config, &Shutdown::new()).expect("starting the edge pipeline");
     let records = common::records(&config.output.dir);
     (outcome, records)
 }

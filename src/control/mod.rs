@@ -1,27 +1,53 @@
 //! Control unit: decides, frame by frame, whether the small network on the device or the large
 //! network on the remote worker segments it.
 //!
-//! For now the decision is a fixed policy from config (`remote.routing`). The decision network
-//! (predicted per-class IoU per frame) and the adaptive threshold (fed by queue depths, CPU load,
-//! battery and [`crate::metrics::RemoteHealth`]) plug in here, behind the same `route` call.
+//! Whatever decides implements [`Decide`]: it sees the frame's [`Job`] and the pipeline's
+//! [`Signals`] (queue depths, remote health, sampled when the frame is decided) and answers with
+//! a [`Decision`]: the route, a record of why (written to `records.jsonl`), and anything it
+//! computed that the local path can reuse. Today the fixed policies of `remote.routing` decide;
+//! the decision network (predicted per-class IoU per frame) and the adaptive threshold (fed by
+//! the same signals) take their place behind the same call, without touching the wiring.
 
-use crate::config::{Count, Routing};
+use std::time::Instant;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
-    Local,
-    Remote,
+use crate::config::{Count, RemoteConfig, Routing};
+use crate::frame::{Decision, Job, Route};
+use crate::metrics::{QueueSample, RemoteHealthSnapshot};
+
+/// What the pipeline looks like when a frame is decided.
+#[derive(Debug, Clone)]
+pub struct Signals {
+    /// When the signals were sampled; time-driven policies take their clock from here, so
+    /// they can be tested on made-up time.
+    pub at: Instant,
+    pub queues: Vec<QueueSample>,
+    /// `None` when the remote path is off.
+    pub remote: Option<RemoteHealthSnapshot>,
 }
 
+impl Signals {
+    /// Signals of an idle pipeline without a remote path.
+    pub fn idle(at: Instant) -> Self {
+        Signals { at, queues: Vec::new(), remote: None }
+    }
+}
+
+/// Decides where each frame goes. Called once per frame, in frame order, on the decision
+/// stage's thread.
+pub trait Decide: Send {
+    fn decide(&mut self, job: &Job, signals: &Signals) -> Decision;
+}
+
+/// The fixed policies of `remote.routing`.
 #[derive(Debug, Clone, Copy)]
 pub struct RoutingPolicy {
     routing: Routing,
-    every_nth: u64,
+    every_nth: Count<{ usize::MAX }>,
 }
 
 impl RoutingPolicy {
-    pub fn new(routing: Routing, every_nth: Count<{ usize::MAX }>) -> Self {
-        RoutingPolicy { routing, every_nth: every_nth.get() as u64 }
+    pub fn new(config: &RemoteConfig) -> Self {
+        RoutingPolicy { routing: config.routing, every_nth: config.every_nth }
     }
 
     /// `order` is the frame's position after ingest (contiguous, starting at 0).
@@ -29,24 +55,51 @@ impl RoutingPolicy {
         match self.routing {
             Routing::Local => Route::Local,
             Routing::Remote => Route::Remote,
-            Routing::EveryNth if (order + 1) % self.every_nth == 0 => Route::Remote,
+            Routing::EveryNth if (order + 1) % self.every_nth.get() as u64 == 0 => Route::Remote,
             Routing::EveryNth => Route::Local,
         }
+    }
+
+    fn name(&self) -> &'static str {
+        match self.routing {
+            Routing::Local => "local",
+            Routing::Remote => "remote",
+            Routing::EveryNth => "every-nth",
+        }
+    }
+}
+
+impl Decide for RoutingPolicy {
+    fn decide(&mut self, job: &Job, _signals: &Signals) -> Decision {
+        Decision::fixed(self.route(job.order), self.name())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::Frame;
+
+    fn policy(routing: Routing, every_nth: usize) -> RoutingPolicy {
+        RoutingPolicy::new(&RemoteConfig { routing, every_nth: Count::new(every_nth).unwrap(), ..RemoteConfig::default() })
+    }
 
     #[test]
     fn every_nth_sends_every_nth_frame_remote() {
-        let n = |n| Count::new(n).unwrap();
-        let p = RoutingPolicy::new(Routing::EveryNth, n(3));
+        let p = policy(Routing::EveryNth, 3);
         let routes: Vec<Route> = (0..6).map(|o| p.route(o)).collect();
         use Route::*;
         assert_eq!(routes, vec![Local, Local, Remote, Local, Local, Remote]);
-        assert_eq!(RoutingPolicy::new(Routing::Remote, n(1)).route(5), Remote);
-        assert_eq!(RoutingPolicy::new(Routing::Local, n(1)).route(5), Local);
+        assert_eq!(policy(Routing::Remote, 1).route(5), Remote);
+        assert_eq!(policy(Routing::Local, 1).route(5), Local);
+    }
+
+    #[test]
+    fn fixed_policies_record_their_name_and_route_only() {
+        let frame = Frame { seq: 0, pts: None, width: 1, height: 1, bgr: vec![0; 3], captured_at: Instant::now() };
+        let mut p = policy(Routing::EveryNth, 2);
+        let decision = p.decide(&Job::new(1, frame), &Signals::idle(Instant::now()));
+        assert_eq!(decision, Decision::fixed(Route::Remote, "every-nth"));
+        assert_eq!(serde_json::to_value(&decision.record).unwrap(), serde_json::json!({"route": "remote", "policy": "every-nth"}));
     }
 }

@@ -16,6 +16,7 @@ use ort::session::Session;
 use ort::value::{DynValue, TensorElementType, TensorRef, ValueType};
 
 use crate::config::{Optimization, SessionConfig};
+pub use crate::frame::ClassMap;
 pub use manifest::{ColorOrder, ManifestError, ModelManifest};
 
 #[derive(Debug, thiserror::Error)]
@@ -78,14 +79,6 @@ fn environment() -> Result<&'static ort::environment::Environment, RuntimeError>
         ort::init_from(path).map_err(|e| load_err(e.to_string()))?.with_name("edgeseg").build().map_err(|e| load_err(e.to_string()))
     });
     result.as_ref().map_err(Clone::clone)
-}
-
-/// A class id per pixel, row-major.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClassMap {
-    pub width: u32,
-    pub height: u32,
-    pub classes: Vec<u8>,
 }
 
 /// A loaded network, checked against its manifest.

@@ -4,6 +4,9 @@
 //! on a bounded crossbeam channel. The back-pressure policy depends on the source: a recorded
 //! file waits for the pipeline (nothing is ever dropped), a live source must never be slowed down
 //! by a slow consumer, so the oldest queued frame is dropped and counted instead.
+//!
+//! The ingest thread sleeps until something happens: the appsink and the bus wake it when a
+//! frame, the end of the stream or an error arrives, and a [`Shutdown`] request wakes it to stop.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,13 +14,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{select, Receiver, Sender, TrySendError};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 
 use crate::config::Liveness;
+pub use crate::frame::Frame;
+use crate::gst_support::pop_message;
+use crate::shutdown::Shutdown;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -37,18 +43,6 @@ pub enum IngestError {
     Start { origin: String, message: String },
     #[error("pipeline {origin} delivered a sample without usable video caps (expected raw BGR video): {message}")]
     Caps { origin: String, message: String },
-}
-
-/// One decoded video frame, tightly packed BGR (the layout OpenCV works in).
-#[derive(Debug, Clone)]
-pub struct Frame {
-    /// Position in the source's stream, counting frames the ingest had to drop.
-    pub seq: u64,
-    pub pts: Option<Duration>,
-    pub width: u32,
-    pub height: u32,
-    pub bgr: Vec<u8>,
-    pub captured_at: Instant,
 }
 
 /// A pipeline description with its `${name}` parameters substituted.
@@ -100,17 +94,44 @@ pub struct Source {
     pipeline: gst::Pipeline,
     appsink: gst_app::AppSink,
     live: bool,
+    /// Ready when the appsink holds a new sample or reached the end, or the bus got an error.
+    wake: Receiver<()>,
 }
 
-pub fn init_gstreamer() -> Result<(), IngestError> {
-    gst::init().map_err(|e| IngestError::Init(e.to_string()))
+/// A channel the appsink and the bus nudge from GStreamer's threads. One pending nudge is
+/// enough: the ingest thread takes everything there is each time it wakes.
+fn wake_on_news(pipeline: &gst::Pipeline, appsink: &gst_app::AppSink) -> Receiver<()> {
+    let (nudge, wake) = crossbeam_channel::bounded(1);
+    let (on_sample, on_eos) = (nudge.clone(), nudge.clone());
+    appsink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            // The sample stays queued in the appsink (its queue and drop policy apply as before);
+            // the ingest thread pulls it.
+            .new_sample(move |_| {
+                let _ = on_sample.try_send(());
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .eos(move |_| {
+                let _ = on_eos.try_send(());
+            })
+            .build(),
+    );
+    if let Some(bus) = pipeline.bus() {
+        bus.set_sync_handler(move |_, message| {
+            if message.type_() == gst::MessageType::Error {
+                let _ = nudge.try_send(());
+            }
+            gst::BusSyncReply::Pass
+        });
+    }
+    wake
 }
 
 impl Source {
     /// Parses and starts the pipeline; a live source is detected from GStreamer's state change
     /// (live sources do not preroll) unless the configuration says otherwise.
     pub fn start(spec: PipelineSpec, liveness: Liveness) -> Result<Self, IngestError> {
-        init_gstreamer()?;
+        crate::gst_support::init().map_err(|e| IngestError::Init(e.to_string()))?;
         let element = gst::parse::launch(&spec.description)
             .map_err(|e| IngestError::Parse { origin: spec.origin.clone(), message: e.to_string() })?;
         let pipeline = match element.downcast::<gst::Pipeline>() {
@@ -125,6 +146,7 @@ impl Source {
         appsink.set_caps(Some(&gst::Caps::builder("video/x-raw").field("format", "BGR").build()));
         appsink.set_property("sync", false);
         appsink.set_max_buffers(2);
+        let wake = wake_on_news(&pipeline, &appsink);
 
         // As gst-launch does: PAUSED first, where a live source answers NO_PREROLL (that is how
         // GStreamer says "live") and anything else prerolls its first frame or fails; PLAYING
@@ -151,21 +173,21 @@ impl Source {
         };
         // A live source must never wait on us: let the appsink discard too if we ever fall behind.
         appsink.set_drop(live);
-        Ok(Source { spec, pipeline, appsink, live })
+        Ok(Source { spec, pipeline, appsink, live, wake })
     }
 
     pub fn is_live(&self) -> bool {
         self.live
     }
 
-    /// Pulls frames until end of stream, an error, or `stop`. Live sources drop the oldest
-    /// queued frame when `tx` is full (it holds `rx_for_drop`, a receiver of the same channel,
-    /// to do so); replayed files block.
-    pub fn run(self, tx: Sender<Frame>, rx_for_drop: Receiver<Frame>, stats: &IngestStats, stop: &AtomicBool) -> Result<(), IngestError> {
+    /// Pulls frames until end of stream, an error, or a shutdown request. Live sources drop
+    /// the oldest queued frame when `tx` is full (it holds `rx_for_drop`, a receiver of the same
+    /// channel, to do so); replayed files block.
+    pub fn run(self, tx: Sender<Frame>, rx_for_drop: Receiver<Frame>, stats: &IngestStats, shutdown: &Shutdown) -> Result<(), IngestError> {
         stats.live.store(self.live, Ordering::Relaxed);
         // Replay never drops, and holding a receiver would hide a consumer that went away.
         let rx_for_drop = self.live.then_some(rx_for_drop);
-        let result = self.pull_loop(&tx, rx_for_drop.as_ref(), stats, stop);
+        let result = self.pull_loop(&tx, rx_for_drop.as_ref(), stats, shutdown);
         let _ = self.pipeline.set_state(gst::State::Null);
         result
     }
@@ -175,12 +197,12 @@ impl Source {
         tx: &Sender<Frame>,
         rx_for_drop: Option<&Receiver<Frame>>,
         stats: &IngestStats,
-        stop: &AtomicBool,
+        shutdown: &Shutdown,
     ) -> Result<(), IngestError> {
         let mut seq = 0u64;
         let mut failed: Option<IngestError> = None;
         loop {
-            if stop.load(Ordering::Relaxed) {
+            if shutdown.is_requested() {
                 tracing::info!(origin = %self.spec.origin, "stop requested, ingest ends");
                 return Ok(());
             }
@@ -191,7 +213,7 @@ impl Source {
                 // Frames decoded before the error are still delivered; then the error ends the run.
                 match self.appsink.try_pull_sample(gst::ClockTime::ZERO) {
                     Some(sample) => {
-                        if !self.deliver(&sample, &mut seq, tx, rx_for_drop, stats, stop)? {
+                        if !self.deliver(&sample, &mut seq, tx, rx_for_drop, stats, shutdown)? {
                             return Err(err);
                         }
                         failed = Some(err);
@@ -200,18 +222,26 @@ impl Source {
                     None => return Err(err),
                 }
             }
-            let Some(sample) = self.appsink.try_pull_sample(gst::ClockTime::from_mseconds(100)) else {
-                if self.appsink.is_eos() {
+            match self.appsink.try_pull_sample(gst::ClockTime::ZERO) {
+                Some(sample) => {
+                    if !self.deliver(&sample, &mut seq, tx, rx_for_drop, stats, shutdown)? {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                None if self.appsink.is_eos() => {
                     // An error can race with EOS; an error wins so a corrupt file is not reported as complete.
                     return match bus_error(&self.pipeline, &self.spec.origin, Duration::from_millis(50)) {
                         Some(err) => Err(err),
                         None => Ok(()),
                     };
                 }
-                continue;
-            };
-            if !self.deliver(&sample, &mut seq, tx, rx_for_drop, stats, stop)? {
-                return Ok(());
+                None => {}
+            }
+            // Nothing to do until GStreamer has news or someone asks us to stop.
+            select! {
+                recv(self.wake) -> _ => {}
+                recv(shutdown.requested()) -> _ => {}
             }
         }
     }
@@ -224,7 +254,7 @@ impl Source {
         tx: &Sender<Frame>,
         rx_for_drop: Option<&Receiver<Frame>>,
         stats: &IngestStats,
-        stop: &AtomicBool,
+        shutdown: &Shutdown,
     ) -> Result<bool, IngestError> {
         let frame = frame_from_sample(sample, *seq, &self.spec.origin)?;
         *seq += 1;
@@ -244,19 +274,10 @@ impl Source {
                 }
             }
         } else {
-            // Block (replay loses nothing) but wake up to notice a stop request from a failed stage.
-            let mut pending = frame;
-            loop {
-                match tx.send_timeout(pending, Duration::from_millis(100)) {
-                    Ok(()) => break,
-                    Err(crossbeam_channel::SendTimeoutError::Timeout(back)) => {
-                        if stop.load(Ordering::Relaxed) {
-                            return Ok(false);
-                        }
-                        pending = back;
-                    }
-                    Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => return Ok(false),
-                }
+            // Block (replay loses nothing), unless a stop is requested meanwhile (a failed stage).
+            select! {
+                send(tx, frame) -> sent => return Ok(sent.is_ok()),
+                recv(shutdown.requested()) -> _ => return Ok(false),
             }
         }
         Ok(true)
@@ -270,19 +291,6 @@ fn find_appsink(pipeline: &gst::Pipeline) -> Option<gst_app::AppSink> {
         }
     }
     pipeline.iterate_recurse().into_iter().flatten().find_map(|e| e.downcast::<gst_app::AppSink>().ok())
-}
-
-/// Pops the first message of one of `types` within `wait`, discarding others.
-/// (gstreamer-rs 0.25's `timed_pop_filtered` never pops anything with a zero timeout.)
-pub(crate) fn pop_message(bus: &gst::Bus, types: &[gst::MessageType], wait: Duration) -> Option<gst::Message> {
-    let deadline = Instant::now() + wait;
-    loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let msg = bus.timed_pop(gst::ClockTime::from_nseconds(remaining.as_nanos() as u64))?;
-        if types.contains(&msg.type_()) {
-            return Some(msg);
-        }
-    }
 }
 
 /// Takes the first error message off the bus, if any arrives within `wait`.
@@ -350,7 +358,7 @@ pub struct IngestHandle {
     pub thread: std::thread::JoinHandle<Result<(), IngestError>>,
 }
 
-pub fn spawn(spec: PipelineSpec, liveness: Liveness, capacity: usize, stop: Arc<AtomicBool>) -> Result<IngestHandle, IngestError> {
+pub fn spawn(spec: PipelineSpec, liveness: Liveness, capacity: usize, shutdown: Shutdown) -> Result<IngestHandle, IngestError> {
     let source = Source::start(spec, liveness)?;
     let live = source.is_live();
     let (tx, rx) = crossbeam_channel::bounded(capacity);
@@ -359,9 +367,21 @@ pub fn spawn(spec: PipelineSpec, liveness: Liveness, capacity: usize, stop: Arc<
     let rx_for_drop = rx.clone();
     let thread = std::thread::Builder::new()
         .name("ingest".into())
-        .spawn(move || source.run(tx, rx_for_drop, &thread_stats, &stop))
+        .spawn(move || source.run(tx, rx_for_drop, &thread_stats, &shutdown))
         .expect("spawning the ingest thread");
     Ok(IngestHandle { frames: rx, stats, live, thread })
+}
+
+/// Reads up to `limit` frames of a replayed source into memory (benchmarks run the same frames
+/// twice; evaluation compares them with labels).
+pub fn collect_frames(spec: PipelineSpec, limit: usize) -> Result<Vec<Frame>, IngestError> {
+    let shutdown = Shutdown::new();
+    let ingest = spawn(spec, Liveness::Replay, 4, shutdown.clone())?;
+    let frames: Vec<Frame> = ingest.frames.iter().take(limit).collect();
+    shutdown.request();
+    drop(ingest.frames);
+    ingest.thread.join().unwrap_or(Ok(()))?;
+    Ok(frames)
 }
 
 #[cfg(test)]

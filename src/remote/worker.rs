@@ -6,20 +6,31 @@
 //! `max_batch`, waiting at most `max_wait_ms` for more), drops requests whose deadline has
 //! passed without computing them, and answers each stream. The queue is bounded: when it is
 //! full the worker says "overloaded" at once, so the edge falls back instead of waiting.
+//!
+//! On [`Shutdown`] the worker drains: it refuses new connections, answers streams that arrive
+//! meanwhile with "shutting down" (the edge falls back at once), lets the frames already in
+//! flight finish for at most [`DRAIN_LIMIT`], then closes every connection.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use tokio::sync::oneshot;
+use tokio_util::task::TaskTracker;
 
+use super::batching::{Batch, BatchFormer};
 use super::proto::{self, ErrorCode, Limits, MaskResult, Request, Response, ResponseBody};
 use crate::config::WorkerConfig;
 use crate::infer::{ClassMap, InferError, Model};
+use crate::shutdown::Shutdown;
+
+/// Longest a shutting-down worker waits for the frames in flight; the edge's deadline is
+/// usually far shorter, and a service manager waits longer (the shipped systemd units: 20 s).
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -38,6 +49,8 @@ pub enum WorkerError {
 struct WorkerStats {
     /// Edge connections open now (a gauge, unlike the counters below).
     pub connections: AtomicU64,
+    /// Requests being served now, from their stream's arrival to the reply (a gauge).
+    pub in_flight: AtomicU64,
     pub answered: AtomicU64,
     pub rejected_overloaded: AtomicU64,
     pub expired: AtomicU64,
@@ -52,6 +65,8 @@ struct WorkerStats {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct WorkerStatus {
     pub connections: u64,
+    /// Requests being served now: what a shutdown waits for.
+    pub in_flight: u64,
     /// Model → frames waiting for a batch now; near `batching.max_queue` means "overloaded" next.
     pub queued: BTreeMap<String, usize>,
     pub answered: u64,
@@ -73,11 +88,12 @@ struct Queued {
     reply: oneshot::Sender<Result<MaskResult, (ErrorCode, String)>>,
 }
 
-/// A running worker; dropping it without [`Worker::shutdown`] leaves the threads to the process end.
+/// A running worker; dropping it without [`Worker::wait`] or [`Worker::shutdown`] leaves the
+/// threads to the process end.
 pub struct Worker {
     pub local_addr: SocketAddr,
     server: Arc<Server>,
-    stop: Arc<AtomicBool>,
+    shutdown: Shutdown,
     endpoint: quinn::Endpoint,
     runtime: Option<tokio::runtime::Runtime>,
     batchers: Vec<JoinHandle<()>>,
@@ -90,10 +106,9 @@ struct ModelQueue {
 }
 
 impl Worker {
-    /// Loads every model, binds the QUIC endpoint and starts serving.
-    pub fn start(config: &WorkerConfig) -> Result<Self, WorkerError> {
+    /// Loads every model, binds the QUIC endpoint and serves until `shutdown` is requested.
+    pub fn start(config: &WorkerConfig, shutdown: Shutdown) -> Result<Self, WorkerError> {
         let stats = Arc::new(WorkerStats::default());
-        let stop = Arc::new(AtomicBool::new(false));
         let mut queues = BTreeMap::new();
         let mut batchers = Vec::new();
         for (name, session) in &config.models {
@@ -102,11 +117,11 @@ impl Worker {
             queues.insert(name.clone(), ModelQueue { tx, manifest: Arc::new(model.manifest.clone()) });
             let max_batch = config.batching.max_batch.get().min(model.max_batch);
             let max_wait = config.batching.max_wait_ms.get();
-            let (stats, stop) = (stats.clone(), stop.clone());
+            let stats = stats.clone();
             batchers.push(
                 std::thread::Builder::new()
                     .name(format!("batch-{name}"))
-                    .spawn(move || batch_loop(model, rx, max_batch, max_wait, &stats, &stop))
+                    .spawn(move || batch_loop(model, rx, max_batch, max_wait, &stats))
                     .expect("spawning a batching thread"),
             );
         }
@@ -124,29 +139,53 @@ impl Worker {
         };
         let local_addr = endpoint.local_addr().map_err(|source| WorkerError::Listen { addr, source })?;
         let limits = Limits { max_message_bytes: config.max_message_mib.get() << 20, ..Limits::default() };
-        let server = Arc::new(Server { queues, limits, stats });
+        let server = Arc::new(Server { queues, limits, stats, shutdown: shutdown.clone(), streams: TaskTracker::new() });
         runtime.spawn(accept_loop(endpoint.clone(), server.clone()));
         if let Some(interval) = config.status_interval_s.period() {
             runtime.spawn(report_status(server.clone(), interval));
         }
         tracing::info!(%local_addr, models = ?config.models.keys().collect::<Vec<_>>(), "worker listening");
-        Ok(Worker { local_addr, server, stop, endpoint, runtime: Some(runtime), batchers })
+        Ok(Worker { local_addr, server, shutdown, endpoint, runtime: Some(runtime), batchers })
     }
 
-    /// Stops accepting, closes connections, and stops the batching threads; returns the final
-    /// status (frames finished during the shutdown included).
-    pub fn shutdown(mut self) -> WorkerStatus {
-        self.endpoint.close(0u32.into(), b"worker shutting down");
-        self.stop.store(true, Ordering::Relaxed);
+    /// Requests the shutdown and waits for it: see [`Worker::wait`].
+    pub fn shutdown(self) -> WorkerStatus {
+        self.shutdown.request();
+        self.wait()
+    }
+
+    /// Serves until the shutdown is requested, then drains: waits at most [`DRAIN_LIMIT`] for
+    /// the frames in flight, closes every connection and stops the batching threads. Returns
+    /// the final status (frames finished during the drain included).
+    pub fn wait(mut self) -> WorkerStatus {
+        self.shutdown.wait();
         if let Some(rt) = self.runtime.take() {
-            // Let the endpoint send CONNECTION_CLOSE before its tasks are dropped, so edges notice at once.
-            rt.block_on(async { tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await.ok() });
+            let (server, endpoint) = (&self.server, &self.endpoint);
+            rt.block_on(async {
+                server.streams.close();
+                if tokio::time::timeout(DRAIN_LIMIT, server.streams.wait()).await.is_err() {
+                    let in_flight = server.stats.in_flight.load(Ordering::Relaxed);
+                    tracing::warn!(
+                        in_flight,
+                        limit_s = DRAIN_LIMIT.as_secs(),
+                        "frames still in flight after the drain limit; closing anyway"
+                    );
+                }
+                endpoint.close(0u32.into(), b"worker shutting down");
+                // Let the endpoint send CONNECTION_CLOSE before its tasks are dropped, so edges notice at once.
+                let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+            });
             rt.shutdown_timeout(Duration::from_secs(2));
         }
-        for b in self.batchers.drain(..) {
+        let status = self.status();
+        let Worker { server, batchers, .. } = self;
+        // The tasks are gone with the runtime, so this was the last handle on the batch queues:
+        // the batching threads see them close and end.
+        drop(server);
+        for b in batchers {
             let _ = b.join();
         }
-        self.status()
+        status
     }
 
     pub fn status(&self) -> WorkerStatus {
@@ -183,10 +222,18 @@ struct Server {
     queues: BTreeMap<String, ModelQueue>,
     limits: Limits,
     stats: Arc<WorkerStats>,
+    shutdown: Shutdown,
+    /// Every stream being served, for the drain to wait on.
+    streams: TaskTracker,
 }
 
 async fn accept_loop(endpoint: quinn::Endpoint, server: Arc<Server>) {
     while let Some(incoming) = endpoint.accept().await {
+        if server.shutdown.is_requested() {
+            // Draining: a refused edge turns to another worker or its small network at once.
+            incoming.refuse();
+            continue;
+        }
         let server = server.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
@@ -204,8 +251,13 @@ async fn accept_loop(endpoint: quinn::Endpoint, server: Arc<Server>) {
             loop {
                 match connection.accept_bi().await {
                     Ok((send, recv)) => {
+                        let draining = server.shutdown.is_requested();
+                        server.stats.in_flight.fetch_add(1, Ordering::Relaxed);
                         let server = server.clone();
-                        tokio::spawn(async move { server.serve_stream(send, recv).await });
+                        server.streams.clone().spawn(async move {
+                            server.serve_stream(send, recv, draining).await;
+                            server.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+                        });
                     }
                     Err(e) => {
                         server.stats.connections.fetch_sub(1, Ordering::Relaxed);
@@ -224,6 +276,7 @@ impl Server {
         let stats = &self.stats;
         WorkerStatus {
             connections: load(&stats.connections),
+            in_flight: load(&stats.in_flight),
             queued: self.queues.iter().map(|(name, q)| (name.clone(), q.tx.len())).collect(),
             answered: load(&stats.answered),
             rejected_overloaded: load(&stats.rejected_overloaded),
@@ -234,10 +287,12 @@ impl Server {
         }
     }
 
-    /// One frame: read, check, queue, answer. A bad message fails only this stream.
-    async fn serve_stream(&self, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    /// One frame: read, check, queue, answer. A bad message fails only this stream. A stream
+    /// that arrived while `draining` is answered "shutting down" without being computed.
+    async fn serve_stream(&self, mut send: quinn::SendStream, mut recv: quinn::RecvStream, draining: bool) {
         let received = Instant::now();
         let (frame_id, body) = match self.read_request(&mut recv).await {
+            Ok(request) if draining => (request.frame_id, shutting_down()),
             Ok(request) => {
                 let id = request.frame_id;
                 (id, self.handle(request, received).await)
@@ -306,9 +361,7 @@ impl Server {
                     message: format!("queue of {} frames is full", queue.tx.capacity().unwrap_or(0)),
                 };
             }
-            Err(TrySendError::Disconnected(_)) => {
-                return ResponseBody::Error { code: ErrorCode::Internal, message: "worker is shutting down".into() };
-            }
+            Err(TrySendError::Disconnected(_)) => return shutting_down(),
         }
         match answer.await {
             Ok(Ok(mask)) => {
@@ -321,27 +374,35 @@ impl Server {
     }
 }
 
-/// Forms batches across all clients and runs them. Requests already past their deadline are
-/// answered "deadline exceeded" without being computed: the edge has used its local result.
-fn batch_loop(mut model: Model, rx: Receiver<Queued>, max_batch: usize, max_wait: Duration, stats: &WorkerStats, stop: &AtomicBool) {
+fn shutting_down() -> ResponseBody {
+    ResponseBody::Error { code: ErrorCode::Internal, message: "worker is shutting down".into() }
+}
+
+/// Forms batches across all clients ([`BatchFormer`]) and runs them. Requests already past
+/// their deadline are answered "deadline exceeded" without being computed: the edge has used
+/// its local result. Ends when the queue closes (the worker shut down), after what it held.
+fn batch_loop(mut model: Model, rx: Receiver<Queued>, max_batch: usize, max_wait: Duration, stats: &WorkerStats) {
     let input_len = model.manifest.input_len();
     let mut input = Vec::with_capacity(max_batch * input_len);
-    while !stop.load(Ordering::Relaxed) {
-        let first = match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(item) => item,
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => return,
+    let mut former = BatchFormer::new(max_batch, max_wait);
+    loop {
+        let received = match former.due() {
+            Some(due) => rx.recv_deadline(due),
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
-        let mut batch = vec![first];
-        let wait_until = Instant::now() + max_wait;
-        while batch.len() < max_batch {
-            match rx.recv_deadline(wait_until) {
-                Ok(item) => batch.push(item),
-                Err(_) => break,
+        let batch = match received {
+            Ok(item) => {
+                let deadline = item.deadline;
+                former.push(item, deadline, Instant::now());
+                former.take(Instant::now())
             }
-        }
-        let now = Instant::now();
-        let (live, expired): (Vec<Queued>, Vec<Queued>) = batch.into_iter().partition(|q| q.deadline > now);
+            Err(RecvTimeoutError::Timeout) => former.take(Instant::now()),
+            Err(RecvTimeoutError::Disconnected) => match former.flush(Instant::now()) {
+                Some(batch) => Some(batch),
+                None => return,
+            },
+        };
+        let Some(Batch { live, expired }) = batch else { continue };
         for q in expired {
             stats.expired.fetch_add(1, Ordering::Relaxed);
             let _ = q.reply.send(Err((ErrorCode::DeadlineExceeded, "deadline passed while queued".into())));

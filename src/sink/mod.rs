@@ -1,8 +1,10 @@
 //! Outputs: per-frame JSON Lines records, colour-coded mask PNGs, and an overlay video.
 //!
 //! Segmented frames can arrive out of order (remote answers overtake local ones), so the sink
-//! first restores frame order with a bounded reorder buffer, then writes. Each output is flushed
-//! as it goes, so a run that ends in an error keeps everything written up to that point.
+//! first restores frame order with a bounded reorder buffer, then shows each frame to every
+//! [`Observer`]: the three outputs, and whatever else wants to see the same results in the same
+//! order (offline evaluation, a test). Each output is flushed as it goes, so a run that ends in
+//! an error keeps everything written up to that point; an output that fails stops only itself.
 
 mod overlay;
 
@@ -14,8 +16,8 @@ use std::path::{Path, PathBuf};
 use opencv::core::{Mat, Vector};
 use serde::Serialize;
 
-use crate::infer::ClassMap;
-use crate::ingest::Frame;
+use crate::frame::{ClassMap, DecisionRecord, MaskSource, Segmented};
+use crate::metrics::StageLatencies;
 pub use overlay::OverlayWriter;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +30,18 @@ pub enum SinkError {
     Mask { path: PathBuf, message: String },
     #[error("overlay video {path}: {message}")]
     Overlay { path: PathBuf, message: String },
+    #[error("{observer} failed: {source}")]
+    Observer { observer: &'static str, source: Box<dyn std::error::Error + Send + Sync> },
+}
+
+/// Sees every finished frame once, in frame order, on the sink's thread.
+pub trait Observer: Send {
+    fn observe(&mut self, frame: &Segmented) -> Result<(), SinkError>;
+
+    /// The stream ended: finish what is open.
+    fn finish(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
 }
 
 /// The PASCAL VOC colour map: class `i`'s colour is built from the bits of `i`.
@@ -43,45 +57,6 @@ pub fn voc_palette() -> [[u8; 3]; 256] {
         }
     }
     palette
-}
-
-/// Where a frame's mask came from.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum MaskSource {
-    Local,
-    Remote {
-        worker: String,
-        batch_size: u16,
-        worker_queue_ms: f64,
-        worker_inference_ms: f64,
-    },
-    /// Sent to the remote path but answered by the small network because of `reason`.
-    Fallback {
-        reason: String,
-    },
-}
-
-impl MaskSource {
-    pub fn label(&self) -> &'static str {
-        match self {
-            MaskSource::Local => "local",
-            MaskSource::Remote { .. } => "remote",
-            MaskSource::Fallback { .. } => "fallback",
-        }
-    }
-}
-
-/// A finished frame on its way out of the pipeline.
-#[derive(Debug)]
-pub struct Segmented {
-    /// Position after ingest (contiguous: dropped frames never get one), used for reordering.
-    pub order: u64,
-    pub frame: Frame,
-    pub class_map: ClassMap,
-    pub source: MaskSource,
-    /// Milliseconds spent per stage, by stage name.
-    pub latency_ms: BTreeMap<&'static str, f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -101,6 +76,8 @@ struct Record<'a> {
     source: &'a MaskSource,
     classes: Vec<ClassShare<'a>>,
     latency_ms: &'a BTreeMap<&'static str, f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decision: Option<&'a DecisionRecord>,
 }
 
 /// Pixel fraction of every class present, largest first.
@@ -188,7 +165,7 @@ pub struct Written {
 pub struct SinkReport {
     pub frames_out: u64,
     pub by_source: BTreeMap<&'static str, u64>,
-    pub latencies: crate::metrics::StageLatencies,
+    pub latencies: StageLatencies,
     pub released_out_of_order: u64,
     pub written: Written,
     /// Set when an output failed; the frames before it were written.
@@ -208,12 +185,91 @@ impl SinkReport {
     }
 }
 
-pub struct Sink {
-    settings: SinkSettings,
+/// `records.jsonl`: one JSON line per frame, on disk as soon as it is made.
+struct RecordsWriter {
+    path: PathBuf,
+    out: BufWriter<File>,
+    class_names: Vec<String>,
+}
+
+impl Observer for RecordsWriter {
+    fn observe(&mut self, item: &Segmented) -> Result<(), SinkError> {
+        let names = &self.class_names;
+        let classes = class_shares(&item.class_map)
+            .into_iter()
+            .map(|(id, fraction)| ClassShare { id, name: names.get(id as usize).map(String::as_str).unwrap_or("?"), fraction })
+            .collect();
+        let record = Record {
+            seq: item.frame.seq,
+            order: item.order,
+            pts_ms: item.frame.pts.map(|d| d.as_secs_f64() * 1000.0),
+            width: item.frame.width,
+            height: item.frame.height,
+            source: &item.source,
+            classes,
+            latency_ms: &item.latency_ms,
+            decision: item.decision.as_ref(),
+        };
+        let write_err = |source| SinkError::Write { path: self.path.clone(), source };
+        serde_json::to_writer(&mut self.out, &record).map_err(|e| write_err(e.into()))?;
+        self.out.write_all(b"\n").map_err(write_err)?;
+        // One line per frame reaches the disk as it is made, so a crash loses nothing written.
+        self.out.flush().map_err(write_err)
+    }
+
+    fn finish(&mut self) -> Result<(), SinkError> {
+        self.out.flush().map_err(|source| SinkError::Write { path: self.path.clone(), source })
+    }
+}
+
+/// `masks/NNNNNN.png`, one per frame, named by its sequence number.
+struct MaskWriter {
+    dir: PathBuf,
     palette: [[u8; 3]; 256],
-    records: Option<(PathBuf, BufWriter<File>)>,
-    masks_dir: Option<PathBuf>,
-    overlay: Option<OverlayWriter>,
+}
+
+impl Observer for MaskWriter {
+    fn observe(&mut self, item: &Segmented) -> Result<(), SinkError> {
+        write_mask_png(&self.dir.join(format!("{:06}.png", item.frame.seq)), &item.class_map, &self.palette)
+    }
+}
+
+/// `overlay.mp4`, started at the first frame (its size fixes the video's).
+struct OverlayOutput {
+    path: PathBuf,
+    encoder: String,
+    alpha: f32,
+    palette: [[u8; 3]; 256],
+    writer: Option<OverlayWriter>,
+    /// Whether the encoder ever started, i.e. whether the file exists.
+    started: bool,
+}
+
+impl Observer for OverlayOutput {
+    fn observe(&mut self, item: &Segmented) -> Result<(), SinkError> {
+        let writer = match self.writer.as_mut() {
+            Some(writer) => writer,
+            None => {
+                let writer = OverlayWriter::start(&self.path, &self.encoder, item.frame.width, item.frame.height)?;
+                self.started = true;
+                self.writer.insert(writer)
+            }
+        };
+        let blended = blend(&item.frame.bgr, &item.class_map, &self.palette, self.alpha);
+        writer.push(blended, item.frame.width, item.frame.height, item.frame.pts)
+    }
+
+    fn finish(&mut self) -> Result<(), SinkError> {
+        self.writer.take().map_or(Ok(()), OverlayWriter::finish)
+    }
+}
+
+pub struct Sink {
+    records: Option<RecordsWriter>,
+    masks: Option<MaskWriter>,
+    overlay: Option<OverlayOutput>,
+    /// Observers beyond the files, in the order they were added.
+    observers: Vec<Box<dyn Observer>>,
     reorder: ReorderBuffer<Segmented>,
     report: SinkReport,
 }
@@ -230,24 +286,45 @@ impl Sink {
             let path = settings.dir.join("records.jsonl");
             let file = File::create(&path).map_err(|source| SinkError::Create { path: path.clone(), source })?;
             report.written.records = Some(path.clone());
-            Some((path, BufWriter::new(file)))
+            Some(RecordsWriter { path, out: BufWriter::new(file), class_names: settings.class_names.clone() })
         } else {
             None
         };
-        let masks_dir = if settings.masks {
+        let masks = if settings.masks {
             let dir = settings.dir.join("masks");
             create_dir(&dir)?;
             report.written.masks = Some(dir.clone());
-            Some(dir)
+            Some(MaskWriter { dir, palette: voc_palette() })
         } else {
             None
         };
+        let overlay = settings.overlay.then(|| OverlayOutput {
+            path: settings.dir.join("overlay.mp4"),
+            encoder: settings.overlay_encoder.clone(),
+            alpha: settings.overlay_alpha,
+            palette: voc_palette(),
+            writer: None,
+            started: false,
+        });
         let reorder = ReorderBuffer::new(settings.reorder_window);
-        Ok(Sink { settings, palette: voc_palette(), records, masks_dir, overlay: None, reorder, report })
+        Ok(Sink { records, masks, overlay, observers: Vec::new(), reorder, report })
     }
 
-    /// Consumes frames until the channel closes, then finishes every output. An output error
-    /// stops only that output's writes: the records of every frame still go out.
+    /// Shows every frame to `observer` too, after the files.
+    pub fn add_observer(&mut self, observer: Box<dyn Observer>) {
+        self.observers.push(observer);
+    }
+
+    fn outputs(&mut self) -> impl Iterator<Item = &mut dyn Observer> {
+        let files = [
+            self.records.as_mut().map(|o| o as &mut dyn Observer),
+            self.masks.as_mut().map(|o| o as &mut dyn Observer),
+            self.overlay.as_mut().map(|o| o as &mut dyn Observer),
+        ];
+        files.into_iter().flatten().chain(self.observers.iter_mut().map(|o| o.as_mut() as &mut dyn Observer))
+    }
+
+    /// Consumes frames until the channel closes, then finishes every output.
     pub fn run(mut self, rx: crossbeam_channel::Receiver<Segmented>) -> SinkReport {
         let mut ready = Vec::new();
         for item in rx {
@@ -261,8 +338,14 @@ impl Sink {
 
     fn write_ready(&mut self, ready: &mut Vec<Segmented>) {
         for item in ready.drain(..) {
-            if let Err(e) = self.write(&item) {
-                tracing::error!(error = %e, "output failed; later frames skip this output");
+            let mut failures = Vec::new();
+            for output in self.outputs() {
+                if let Err(e) = output.observe(&item) {
+                    failures.push(e);
+                }
+            }
+            for e in failures {
+                tracing::error!(error = %e, "output failed; the other outputs go on");
                 self.report.error.get_or_insert(e);
             }
             self.account(&item);
@@ -282,62 +365,19 @@ impl Sink {
         }
     }
 
-    fn write(&mut self, item: &Segmented) -> Result<(), SinkError> {
-        if let Some((path, out)) = self.records.as_mut() {
-            let names = &self.settings.class_names;
-            let classes = class_shares(&item.class_map)
-                .into_iter()
-                .map(|(id, fraction)| ClassShare { id, name: names.get(id as usize).map(String::as_str).unwrap_or("?"), fraction })
-                .collect();
-            let record = Record {
-                seq: item.frame.seq,
-                order: item.order,
-                pts_ms: item.frame.pts.map(|d| d.as_secs_f64() * 1000.0),
-                width: item.frame.width,
-                height: item.frame.height,
-                source: &item.source,
-                classes,
-                latency_ms: &item.latency_ms,
-            };
-            let write_err = |source| SinkError::Write { path: path.clone(), source };
-            serde_json::to_writer(&mut *out, &record).map_err(|e| write_err(e.into()))?;
-            out.write_all(b"\n").map_err(write_err)?;
-            // One line per frame reaches the disk as it is made, so a crash loses nothing written.
-            out.flush().map_err(write_err)?;
-        }
-        if let Some(dir) = &self.masks_dir {
-            let path = dir.join(format!("{:06}.png", item.frame.seq));
-            write_mask_png(&path, &item.class_map, &self.palette)?;
-        }
-        if self.settings.overlay {
-            self.write_overlay(item)?;
-        }
-        Ok(())
-    }
-
-    fn write_overlay(&mut self, item: &Segmented) -> Result<(), SinkError> {
-        if self.overlay.is_none() {
-            let path = self.settings.dir.join("overlay.mp4");
-            let writer = OverlayWriter::start(&path, &self.settings.overlay_encoder, item.frame.width, item.frame.height)?;
-            self.report.written.overlay = Some(path);
-            self.overlay = Some(writer);
-        }
-        let Some(writer) = self.overlay.as_mut() else { return Ok(()) };
-        let blended = blend(&item.frame.bgr, &item.class_map, &self.palette, self.settings.overlay_alpha);
-        writer.push(blended, item.frame.width, item.frame.height, item.frame.pts)
-    }
-
     fn finish(mut self) -> SinkReport {
-        if let Some(writer) = self.overlay.take() {
-            if let Err(e) = writer.finish() {
-                tracing::error!(error = %e, "overlay video could not be finalised");
-                self.report.error.get_or_insert(e);
+        let mut failures = Vec::new();
+        for output in self.outputs() {
+            if let Err(e) = output.finish() {
+                failures.push(e);
             }
         }
-        if let Some((path, mut out)) = self.records.take() {
-            if let Err(source) = out.flush() {
-                self.report.error.get_or_insert(SinkError::Write { path, source });
-            }
+        for e in failures {
+            tracing::error!(error = %e, "output could not be finalised");
+            self.report.error.get_or_insert(e);
+        }
+        if self.overlay.as_ref().is_some_and(|o| o.started) {
+            self.report.written.overlay = self.overlay.as_ref().map(|o| o.path.clone());
         }
         self.report.released_out_of_order = self.reorder.released_out_of_order;
         self.report

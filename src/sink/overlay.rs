@@ -9,7 +9,7 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 
 use super::SinkError;
-use crate::ingest::pop_message;
+use crate::gst_support::pop_message;
 
 pub struct OverlayWriter {
     path: PathBuf,
@@ -27,7 +27,7 @@ const FALLBACK_FRAME_NS: u64 = 33_333_333;
 impl OverlayWriter {
     pub fn start(path: &Path, encoder: &str, width: u32, height: u32) -> Result<Self, SinkError> {
         let err = |message: String| SinkError::Overlay { path: path.to_path_buf(), message };
-        crate::ingest::init_gstreamer().map_err(|e| err(e.to_string()))?;
+        crate::gst_support::init().map_err(|e| err(format!("GStreamer could not be initialised: {e}")))?;
         let location = path.to_string_lossy().replace('"', "\\\"");
         let description = format!("appsrc name=src ! {encoder} ! filesink location=\"{location}\"");
         let pipeline = gst::parse::launch(&description)

@@ -1,0 +1,160 @@
+//! The staged edge pipeline: each stage on its own thread, bounded crossbeam channels between.
+//!
+//! ```text
+//! ingest ─frames─▶ decision ─local─▶ preprocess ─prepared─▶ infer ─inferred─▶ postprocess ─┐
+//!                      │                 ▲ fallback                                           ▼
+//!                      └─remote─▶ remote ─────────────────────── segmented ─────────────────▶ sink
+//! ```
+//! This module only wires: the stages live in their own modules ([`crate::ingest`],
+//! [`crate::control`] behind the decision stage, [`crate::infer`], [`crate::remote::client`],
+//! [`crate::sink`]) and know each other only through the types of [`crate::frame`]; what is
+//! here is the glue between a stage's API and its channels (`decide`, `local`, `remote`), the
+//! generic stage helper (`stage`), the monitor and the summary.
+//!
+//! Shutdown cascades: when ingest ends (end of stream, error, or the [`Shutdown`] requested)
+//! its channel closes, each stage drains what it holds and closes the next, and the sink
+//! finishes its files, so no frame that entered is lost.
+
+mod decide;
+mod local;
+mod monitor;
+mod remote;
+mod stage;
+mod summary;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::bounded;
+
+use crate::config::{EdgeConfig, Routing};
+use crate::control::RoutingPolicy;
+use crate::frame::{Job, Segmented};
+use crate::infer::{InferError, Model};
+use crate::ingest::{IngestError, PipelineSpec};
+use crate::metrics::{QueueDepths, QueueGauge, RemoteHealth};
+use crate::remote::client::{ClientError, RemoteClient};
+use crate::shutdown::Shutdown;
+use crate::sink::{Observer, Sink, SinkError, SinkSettings};
+use decide::{decision_stage, SignalSource};
+use monitor::{Monitor, Watched};
+use stage::{map_stage, FirstError, Stages};
+pub use summary::RunSummary;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    #[error(transparent)]
+    Infer(#[from] InferError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Remote(#[from] ClientError),
+    #[error("the {0} stage panicked; this is a bug in edgeseg, please report it with the log")]
+    Panicked(&'static str),
+}
+
+/// The result of a run: the summary always, and the first error if the run ended in one
+/// (everything processed before it was still written).
+pub struct RunOutcome {
+    pub summary: RunSummary,
+    pub error: Option<PipelineError>,
+}
+
+/// Runs the edge pipeline to completion: end of stream, or `shutdown` requested (the run
+/// requests it itself when a stage fails). Errors at start-up (bad pipeline, model, output
+/// directory) return `Err` before any frame.
+pub fn run(config: &EdgeConfig, shutdown: &Shutdown) -> Result<RunOutcome, PipelineError> {
+    run_observed(config, shutdown, Vec::new())
+}
+
+/// [`run`], with `observers` seeing every finished frame, in order, as the output files do.
+pub fn run_observed(config: &EdgeConfig, shutdown: &Shutdown, observers: Vec<Box<dyn Observer>>) -> Result<RunOutcome, PipelineError> {
+    let cap = config.pipeline.queue_capacity.get();
+    let spec = PipelineSpec::from_file(&config.ingest.pipeline, &config.ingest.params)?;
+    // Load what can fail first so a bad model or output folder fails before the camera starts.
+    let model = Model::load(&config.model)?;
+    let manifest = model.manifest.clone();
+    let mut sink = Sink::new(SinkSettings {
+        dir: config.output.dir.clone(),
+        records: config.output.records,
+        masks: config.output.masks,
+        overlay: config.output.overlay,
+        overlay_alpha: config.output.overlay_alpha,
+        overlay_encoder: config.output.overlay_encoder.clone(),
+        class_names: manifest.output.classes.clone(),
+        reorder_window: config.pipeline.reorder_window.get(),
+    })?;
+    for observer in observers {
+        sink.add_observer(observer);
+    }
+    let health = Arc::new(RemoteHealth::default());
+    let remote_health = (config.remote.routing != Routing::Local).then(|| health.clone());
+    let remote_client = match remote_health {
+        Some(_) => Some(RemoteClient::new(&config.remote, health.clone())?),
+        None => None,
+    };
+
+    let errors = FirstError::new(shutdown.clone());
+    let queues = QueueDepths::default();
+    let started = Instant::now();
+    let ingest = crate::ingest::spawn(spec, config.ingest.live, cap, shutdown.clone())?;
+    tracing::info!(live = ingest.live, "ingest started");
+    queues.add(QueueGauge::new("frames", &ingest.frames));
+
+    let (local_tx, local_rx) = bounded::<Job>(cap);
+    let (prepared_tx, prepared_rx) = bounded(cap);
+    let (inferred_tx, inferred_rx) = bounded(cap);
+    let (segmented_tx, segmented_rx) = bounded::<Segmented>(cap);
+    queues.add(QueueGauge::new("local", &local_rx));
+    queues.add(QueueGauge::new("prepared", &prepared_rx));
+    queues.add(QueueGauge::new("inferred", &inferred_rx));
+    queues.add(QueueGauge::new("segmented", &segmented_rx));
+
+    let mut stages = Stages::default();
+    let remote_tx = remote_client.map(|client| {
+        let (remote_tx, remote_rx) = bounded::<Job>(cap);
+        queues.add(QueueGauge::new("remote", &remote_rx));
+        let max_in_flight = config.remote.max_in_flight.get();
+        stages.spawn("remote", remote::remote_stage(client, remote_rx, segmented_tx.clone(), local_tx.clone(), max_in_flight));
+        remote_tx
+    });
+    let signals = SignalSource { queues: queues.clone(), remote: remote_health.clone() };
+    let policy = Box::new(RoutingPolicy::new(&config.remote));
+    stages.spawn("decision", decision_stage(ingest.frames.clone(), policy, signals, local_tx, remote_tx));
+    drop(ingest.frames);
+    stages.spawn("preprocess", map_stage(local_rx, prepared_tx, errors.clone(), local::preprocess(manifest)));
+    stages.spawn("infer", map_stage(prepared_rx, inferred_tx, errors.clone(), local::infer(model)));
+    stages.spawn("postprocess", map_stage(inferred_rx, segmented_tx, errors.clone(), local::postprocess()));
+    let sink_thread =
+        std::thread::Builder::new().name("sink".into()).spawn(move || sink.run(segmented_rx)).expect("spawning the sink thread");
+
+    let watched = Watched { queues: queues.clone(), ingest: ingest.stats.clone(), remote: remote_health.clone(), started };
+    let monitor = Monitor::start(watched, config.output.metrics_interval_ms.period().map(|period| (config.output.dir.as_path(), period)));
+
+    match ingest.thread.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => errors.set(e.into()),
+        Err(_) => errors.set(PipelineError::Panicked("ingest")),
+    }
+    stages.join(&errors);
+    let mut report = sink_thread.join().unwrap_or_else(|_| {
+        errors.set(PipelineError::Panicked("sink"));
+        Default::default()
+    });
+    monitor.stop();
+    let wall_s = started.elapsed().as_secs_f64();
+
+    let sink_error = report.error.take();
+    let error = errors.take().or(sink_error.map(PipelineError::from));
+    let intake = summary::Intake {
+        frames_in: ingest.stats.frames_in.load(std::sync::atomic::Ordering::Relaxed),
+        dropped: ingest.stats.dropped.load(std::sync::atomic::Ordering::Relaxed),
+        live: ingest.live,
+    };
+    let remote = remote_health.map(|h| h.snapshot());
+    let summary = RunSummary::new(intake, report, wall_s, queues.report(), remote, error.as_ref().map(|e| e.to_string()));
+    summary.write(&config.output.dir);
+    Ok(RunOutcome { summary, error })
+}

@@ -1,0 +1,88 @@
+//! The remote stage: jobs the decision stage routed remote go through the [`RemoteClient`]; an
+//! answered frame goes straight to the sink, a frame the remote path could not answer goes back
+//! to the local path marked as a fallback, with the reason. No frame is ever lost.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+use tokio::sync::Semaphore;
+
+use crate::frame::{Job, MaskSource, Segmented};
+use crate::remote::client::{RemoteClient, RemoteMask};
+
+/// The stage's body; it ends when `jobs` closes and every frame in flight is answered or given
+/// back. At most `max_in_flight` frames are out at once, so the decision stage feels
+/// back-pressure instead of frames queueing without limit.
+pub(super) fn remote_stage(
+    mut client: RemoteClient,
+    jobs: Receiver<Job>,
+    answered: Sender<Segmented>,
+    fallback: Sender<Job>,
+    max_in_flight: usize,
+) -> impl FnOnce() + Send + 'static {
+    move || {
+        let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("remote-io").enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(e) => return give_back_all(jobs, &fallback, &format!("cannot start the async runtime: {e}")),
+        };
+        if let Err(e) = runtime.block_on(client.connect()) {
+            return give_back_all(jobs, &fallback, &e.to_string());
+        }
+        let client = Arc::new(client);
+        let in_flight = Arc::new(Semaphore::new(max_in_flight));
+        for job in jobs.iter() {
+            let permit = runtime.block_on(in_flight.clone().acquire_owned()).expect("semaphore never closed");
+            let encoded = match client.encode(&job.frame) {
+                Ok(encoded) => encoded,
+                Err(e) => {
+                    give_back(&fallback, job, e.to_string());
+                    continue;
+                }
+            };
+            let (client, answered, fallback) = (client.clone(), answered.clone(), fallback.clone());
+            runtime.spawn(async move {
+                let result = client.exchange(job.order, encoded).await;
+                // The next stages' queues are bounded: wait for room without stalling the I/O thread.
+                tokio::task::block_in_place(|| match result {
+                    Ok(mask) => {
+                        let _ = answered.send(into_segmented(job, mask));
+                    }
+                    Err(e) => give_back(&fallback, job, e.to_string()),
+                });
+                drop(permit);
+            });
+        }
+        // Input closed: wait until every frame in flight has its answer or its fallback.
+        let _all = runtime.block_on(in_flight.acquire_many(max_in_flight as u32));
+        runtime.block_on(client.close());
+        runtime.shutdown_timeout(Duration::from_secs(1));
+    }
+}
+
+fn into_segmented(mut job: Job, mask: RemoteMask) -> Segmented {
+    job.latency_ms.insert("remote", mask.round_trip.as_secs_f64() * 1000.0);
+    let source = MaskSource::Remote {
+        worker: mask.worker,
+        batch_size: mask.batch_size,
+        worker_queue_ms: mask.worker_queue.as_micros() as f64 / 1000.0,
+        worker_inference_ms: mask.worker_inference.as_micros() as f64 / 1000.0,
+    };
+    job.into_segmented(mask.class_map, source)
+}
+
+/// Hands a frame to the small network. The local path always accepts eventually, so blocking
+/// here is back-pressure, not loss.
+fn give_back(fallback: &Sender<Job>, mut job: Job, reason: String) {
+    tracing::debug!(order = job.order, %reason, "frame falls back to the small network");
+    job.fallback = Some(reason);
+    let _ = fallback.send(job);
+}
+
+/// Without a runtime or endpoint nothing can go remote: every frame falls back.
+fn give_back_all(jobs: Receiver<Job>, fallback: &Sender<Job>, why: &str) {
+    tracing::error!(error = %why, "remote path unavailable; all remote frames fall back to the small network");
+    for job in jobs {
+        give_back(fallback, job, format!("remote path unavailable: {why}"));
+    }
+}

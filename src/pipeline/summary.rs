@@ -1,0 +1,73 @@
+//! What a run did, printed at the end and written to `summary.json`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::metrics::{Percentiles, QueueReport, RemoteHealthSnapshot};
+use crate::sink::{SinkReport, Written};
+
+#[derive(Debug, Serialize)]
+pub struct RunSummary {
+    pub frames_in: u64,
+    pub frames_out: u64,
+    pub dropped: u64,
+    pub live_source: bool,
+    pub by_source: BTreeMap<&'static str, u64>,
+    pub wall_s: f64,
+    pub fps: f64,
+    /// Rate between the first and the last frame out: what the pipeline sustains once started.
+    pub steady_fps: f64,
+    pub latency: BTreeMap<String, Percentiles>,
+    pub queues: Vec<QueueReport>,
+    pub remote: Option<RemoteHealthSnapshot>,
+    pub released_out_of_order: u64,
+    pub outputs: Written,
+    pub error: Option<String>,
+}
+
+/// What the ingest counted.
+pub(super) struct Intake {
+    pub(super) frames_in: u64,
+    pub(super) dropped: u64,
+    pub(super) live: bool,
+}
+
+impl RunSummary {
+    pub(super) fn new(
+        intake: Intake,
+        sink: SinkReport,
+        wall_s: f64,
+        queues: Vec<QueueReport>,
+        remote: Option<RemoteHealthSnapshot>,
+        error: Option<String>,
+    ) -> Self {
+        RunSummary {
+            frames_in: intake.frames_in,
+            frames_out: sink.frames_out,
+            dropped: intake.dropped,
+            live_source: intake.live,
+            wall_s,
+            fps: sink.frames_out as f64 / wall_s.max(1e-9),
+            steady_fps: sink.steady_fps(),
+            latency: sink.latencies.summary(),
+            by_source: sink.by_source,
+            queues,
+            remote,
+            released_out_of_order: sink.released_out_of_order,
+            outputs: sink.written,
+            error,
+        }
+    }
+
+    /// `summary.json` is a convenience beside the outputs: failing to write it is logged only.
+    pub(super) fn write(&self, dir: &Path) {
+        if let Ok(text) = serde_json::to_string_pretty(self) {
+            let path = dir.join("summary.json");
+            if let Err(e) = std::fs::write(&path, text) {
+                tracing::warn!(path = %path.display(), error = %e, "could not write the summary");
+            }
+        }
+    }
+}
