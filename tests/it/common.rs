@@ -1,16 +1,30 @@
 //! Shared helpers for the integration tests: fixtures (made by scripts/fixtures when missing),
-//! temporary configs, and reading what a run wrote.
-#![allow(dead_code)]
+//! temporary configs, reading what a run wrote, and the lock that keeps CPU-heavy tests apart.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Once;
+use std::sync::{Once, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// Tests that measure a stream against wall-clock time (the remote path's deadlines) run alone;
+/// the others may share the machine with each other, as when they were separate binaries.
+static MACHINE: RwLock<()> = RwLock::new(());
+
+/// For a test that may run beside others. A failed test must not block the rest, so a poisoned
+/// lock is taken anyway.
+pub fn shared_machine() -> RwLockReadGuard<'static, ()> {
+    MACHINE.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// For a test that needs the machine to itself.
+pub fn whole_machine() -> RwLockWriteGuard<'static, ()> {
+    MACHINE.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Makes sure the fixture models and videos exist (idempotent script, run once per test binary).
+/// Makes sure the fixture models and videos exist (idempotent script, run once per test run).
 pub fn fixtures() -> PathBuf {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
@@ -51,6 +65,27 @@ overlay = true
     );
     let path = dir.join("edge.toml");
     std::fs::write(&path, text).expect("writing edge.toml");
+    path
+}
+
+/// Overrides replacing the source by a live SMPTE test pattern of 160x120 at `framerate`
+/// (`"20/1"`), `num_buffers` frames long (-1: endless); edge_config sets `live = "replay"`, so
+/// nothing is dropped when the edge lags.
+pub fn testsrc_overrides(framerate: &str, num_buffers: i64) -> Vec<String> {
+    vec![
+        format!("ingest.pipeline={}", fixtures().join("pipelines/testsrc.pipeline").display()),
+        "ingest.params.pattern=smpte".into(),
+        "ingest.params.width=160".into(),
+        "ingest.params.height=120".into(),
+        format!("ingest.params.framerate=\"{framerate}\""),
+        format!("ingest.params.num_buffers={num_buffers}"),
+    ]
+}
+
+/// Writes a pipeline description into `dir/name` for `--pipeline`.
+pub fn pipeline_file(dir: &Path, name: &str, description: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{description}\n")).expect("writing a pipeline file");
     path
 }
 

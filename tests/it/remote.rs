@@ -9,31 +9,24 @@
 //! - an unreachable worker: the binary warns, every frame falls back, the run succeeds;
 //! - a client certificate from a foreign CA is refused at the handshake;
 //! - malformed and oversized messages fail only their own stream, not the connection;
-//! - several edge devices at once are batched together by the worker.
+//! - several edge devices at once are batched together by the worker;
+//! - a worker asked to shut down refuses new edges and new frames but finishes those in flight.
 //!
-//! The tests run one at a time (see [`exclusive`]): they are CPU-heavy, and the restart test
-//! measures the stream against wall-clock time.
-
-mod common;
+//! The tests run one at a time, with the machine to themselves ([`common::whole_machine`]):
+//! they are CPU-heavy, and the restart tests measure the stream against wall-clock time.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use edgeseg::config::{EdgeConfig, WorkerConfig};
+use crate::common;
+use edgeseg::config::{EdgeConfig, TlsPaths, WorkerConfig};
 use edgeseg::pipeline::RunOutcome;
 use edgeseg::remote::proto::{self, ErrorCode, ImageEncoding, Limits, Request, Response, ResponseBody};
-use edgeseg::remote::tls::{GeneratedPki, TlsPaths};
+use edgeseg::remote::tls::GeneratedPki;
 use edgeseg::remote::worker::Worker;
 use edgeseg::shutdown::Shutdown;
 use serde_json::Value;
-
-/// Serializes the tests of this file; a failed test must not block the others, so poisoning is ignored.
-fn exclusive() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// Masks and overlay video cost CPU and are not what these tests are about.
 const NO_EXTRA_OUTPUTS: [&str; 2] = ["output.masks=false", "output.overlay=false"];
@@ -126,7 +119,7 @@ key = "{key}"
 }
 
 /// Runs the edge pipeline in-process on the config at `path`; returns the outcome and the records.
-fn run_edge(path: &Path, overrides: &[String]) -> (RunOutcome, Vec<Value>) {
+fn run_in_process(path: &Path, overrides: &[String]) -> (RunOutcome, Vec<Value>) {
     let mut all: Vec<String> = NO_EXTRA_OUTPUTS.iter().map(|s| s.to_string()).collect();
     all.extend_from_slice(overrides);
     let config = EdgeConfig::load(path, &all).expect("loading edge.toml");
@@ -176,14 +169,14 @@ fn wait_until(what: &str, limit: Duration, condition: impl Fn() -> bool) {
 
 #[test]
 fn all_frames_remote_return_in_order() {
-    let _serial = exclusive();
+    let _machine = common::whole_machine();
     let dir = tempfile::tempdir().unwrap();
     let pki = dev_pki(&dir.path().join("pki"));
     let worker = start_worker(dir.path(), &pki, &WorkerSettings::default());
     let remote = remote_section(worker.local_addr, edge_identity(&pki), "deadline_ms = 5000");
     let config = common::edge_config(dir.path(), &common::short_video(), &remote);
 
-    let (outcome, records) = run_edge(&config, &[]);
+    let (outcome, records) = run_in_process(&config, &[]);
     let answered = worker.shutdown().answered;
 
     assert!(outcome.error.is_none(), "run failed: {:?}", outcome.error);
@@ -201,33 +194,20 @@ fn all_frames_remote_return_in_order() {
 /// `[remote]` keys for the restart tests: a short deadline and quick reconnection attempts.
 const RESTART_REMOTE_SETTINGS: &str = "deadline_ms = 300\nreconnect_min_ms = 50\nreconnect_max_ms = 200\nconnect_timeout_ms = 500";
 
-/// A live test source at 20 frames/s; edge_config sets `live = "replay"`, so nothing is dropped
-/// when the edge lags.
-fn testsrc_overrides(frames: usize) -> Vec<String> {
-    vec![
-        format!("ingest.pipeline={}", common::fixtures().join("pipelines/testsrc.pipeline").display()),
-        "ingest.params.pattern=smpte".into(),
-        "ingest.params.width=160".into(),
-        "ingest.params.height=120".into(),
-        r#"ingest.params.framerate="20/1""#.into(),
-        format!("ingest.params.num_buffers={frames}"),
-    ]
-}
-
 #[test]
 fn worker_killed_and_restarted_loses_no_frame() {
     // 6 s at 20 frames/s: long enough to kill and restart the worker mid-stream, light enough
     // that a busy 2-core machine still meets the 300 ms deadline around the gap.
     const FRAMES: usize = 120;
-    let _serial = exclusive();
+    let _machine = common::whole_machine();
     let dir = tempfile::tempdir().unwrap();
     let pki = dev_pki(&dir.path().join("pki"));
     let settings = WorkerSettings { listen: format!("127.0.0.1:{}", free_udp_port()), ..WorkerSettings::default() };
     let worker = start_worker(dir.path(), &pki, &settings);
     let remote = remote_section(worker.local_addr, edge_identity(&pki), RESTART_REMOTE_SETTINGS);
     let config = common::edge_config(dir.path(), &common::short_video(), &remote);
-    let testsrc = testsrc_overrides(FRAMES);
-    let edge = std::thread::spawn(move || run_edge(&config, &testsrc));
+    let testsrc = common::testsrc_overrides("20/1", FRAMES as i64);
+    let edge = std::thread::spawn(move || run_in_process(&config, &testsrc));
 
     // Kill the worker once the stream is flowing through it, not while the edge is starting.
     wait_until("the worker answered a frame", Duration::from_secs(60), || worker.status().answered > 0 || edge.is_finished());
@@ -270,7 +250,7 @@ fn worker_killed_and_restarted_loses_no_frame() {
 
 #[test]
 fn unreachable_worker_falls_back_with_warning() {
-    let _serial = exclusive();
+    let _machine = common::whole_machine();
     let dir = tempfile::tempdir().unwrap();
     let pki = dev_pki(&dir.path().join("pki"));
     let nobody: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
@@ -298,7 +278,7 @@ fn unreachable_worker_falls_back_with_warning() {
 
 #[test]
 fn client_with_foreign_certificate_is_refused() {
-    let _serial = exclusive();
+    let _machine = common::whole_machine();
     let dir = tempfile::tempdir().unwrap();
     let pki = dev_pki(&dir.path().join("pki"));
     let foreign = dev_pki(&dir.path().join("foreign-pki"));
@@ -308,7 +288,7 @@ fn client_with_foreign_certificate_is_refused() {
     let remote = remote_section(worker.local_addr, &identity, "deadline_ms = 1000\nconnect_timeout_ms = 1000");
     let config = common::edge_config(dir.path(), &common::short_video(), &remote);
 
-    let (outcome, records) = run_edge(&config, &[]);
+    let (outcome, records) = run_in_process(&config, &[]);
     let status = worker.shutdown();
     let (handshake_failures, answered) = (status.handshake_failures, status.answered);
 
@@ -320,11 +300,29 @@ fn client_with_foreign_certificate_is_refused() {
     assert!(handshake_failures > 0, "the worker refuses the foreign client at the handshake");
 }
 
+const REQUEST_WIDTH: u32 = 160;
+const REQUEST_HEIGHT: u32 = 120;
+
+/// A valid request for frame `frame_id`, as the edge would send it.
+fn encoded_request(frame_id: u64) -> Vec<u8> {
+    let (width, height) = (REQUEST_WIDTH, REQUEST_HEIGHT);
+    let bgr: Vec<u8> = (0..width * height).flat_map(|i| [(i % 256) as u8, (i / 160) as u8, 128]).collect();
+    let image = edgeseg::remote::image::encode(&bgr, width, height, ImageEncoding::Jpeg, 90).expect("JPEG encoding");
+    let request = Request { frame_id, deadline_ms: 10_000, model: "large".into(), width, height, encoding: ImageEncoding::Jpeg, image };
+    let mut bytes = Vec::new();
+    proto::encode_request(&request, &mut bytes).expect("encoding the request");
+    bytes
+}
+
 /// Sends `bytes` on a fresh stream of `connection` and decodes the worker's answer.
 async fn exchange_raw(connection: &quinn::Connection, bytes: &[u8]) -> Response {
-    let (mut send, mut recv) = connection.open_bi().await.expect("opening a stream");
+    let (mut send, recv) = connection.open_bi().await.expect("opening a stream");
     send.write_all(bytes).await.expect("sending");
     send.finish().expect("finishing the stream");
+    read_response(recv).await
+}
+
+async fn read_response(mut recv: quinn::RecvStream) -> Response {
     let reply = recv.read_to_end(64 << 20).await.expect("reading the reply");
     let (prefix, body) = reply.split_at(proto::LENGTH_PREFIX_BYTES);
     let limits = Limits::default();
@@ -342,18 +340,12 @@ fn assert_protocol_error(response: &Response, what: &str) {
 
 #[test]
 fn malformed_and_oversized_messages_close_only_their_stream() {
-    let _serial = exclusive();
+    let _machine = common::whole_machine();
     let dir = tempfile::tempdir().unwrap();
     let pki = dev_pki(&dir.path().join("pki"));
     let worker = start_worker(dir.path(), &pki, &WorkerSettings { max_message_mib: 1, ..WorkerSettings::default() });
     let client_config = edgeseg::remote::tls::client_config(edge_identity(&pki)).expect("client TLS config");
-
-    let (width, height) = (160u32, 120u32);
-    let bgr: Vec<u8> = (0..width * height).flat_map(|i| [(i % 256) as u8, (i / 160) as u8, 128]).collect();
-    let image = edgeseg::remote::image::encode(&bgr, width, height, ImageEncoding::Jpeg, 90).expect("JPEG encoding");
-    let request = Request { frame_id: 7, deadline_ms: 10_000, model: "large".into(), width, height, encoding: ImageEncoding::Jpeg, image };
-    let mut valid = Vec::new();
-    proto::encode_request(&request, &mut valid).expect("encoding the request");
+    let valid = encoded_request(7);
 
     let junk = b"this is not an edgeseg message";
     let mut garbage = (junk.len() as u32).to_be_bytes().to_vec();
@@ -385,8 +377,8 @@ fn malformed_and_oversized_messages_close_only_their_stream() {
     assert_eq!(valid_reply.frame_id, 7);
     match valid_reply.body {
         ResponseBody::Mask(mask) => {
-            assert_eq!((mask.width, mask.height), (width, height));
-            assert_eq!(mask.class_map.len(), (width * height) as usize);
+            assert_eq!((mask.width, mask.height), (REQUEST_WIDTH, REQUEST_HEIGHT));
+            assert_eq!(mask.class_map.len(), (REQUEST_WIDTH * REQUEST_HEIGHT) as usize);
         }
         other => panic!("a valid request on the same connection gets a mask, got {other:?}"),
     }
@@ -399,7 +391,7 @@ fn malformed_and_oversized_messages_close_only_their_stream() {
 #[test]
 fn several_edge_clients_get_batches_larger_than_one() {
     const EDGES: usize = 3;
-    let _serial = exclusive();
+    let _machine = common::whole_machine();
     let dir = tempfile::tempdir().unwrap();
     let pki = dev_pki(&dir.path().join("pki"));
     let worker = start_worker(dir.path(), &pki, &WorkerSettings { max_batch: 4, max_wait_ms: 30, ..WorkerSettings::default() });
@@ -412,7 +404,7 @@ fn several_edge_clients_get_batches_larger_than_one() {
         })
         .collect();
 
-    let runs: Vec<_> = configs.into_iter().map(|config| std::thread::spawn(move || run_edge(&config, &[]))).collect();
+    let runs: Vec<_> = configs.into_iter().map(|config| std::thread::spawn(move || run_in_process(&config, &[]))).collect();
     let results: Vec<(RunOutcome, Vec<Value>)> = runs.into_iter().map(|r| r.join().expect("edge thread")).collect();
     let batch_sizes = worker.shutdown().batch_sizes;
 
@@ -430,6 +422,7 @@ fn several_edge_clients_get_batches_larger_than_one() {
 
 #[test]
 fn bad_worker_config_names_the_key_and_file() {
+    let _machine = common::shared_machine();
     let dir = tempfile::tempdir().unwrap();
     let pki = dev_pki(dir.path());
     let path = write_worker_config(dir.path(), &pki, &WorkerSettings::default());
@@ -478,7 +471,7 @@ fn crashed_worker_is_detected_without_waiting_for_the_idle_timeout() {
     // frames in a row met total silence, drops the connection and reconnects to the restarted
     // worker well before QUIC's 5 s idle timeout would have told it.
     const FRAMES: usize = 120;
-    let _serial = exclusive();
+    let _machine = common::whole_machine();
     let dir = tempfile::tempdir().unwrap();
     let pki = dev_pki(&dir.path().join("pki"));
     let port = free_udp_port();
@@ -487,8 +480,8 @@ fn crashed_worker_is_detected_without_waiting_for_the_idle_timeout() {
     let mut worker = spawn_worker_process(&worker_config);
     let remote = remote_section(format!("127.0.0.1:{port}").parse().unwrap(), edge_identity(&pki), RESTART_REMOTE_SETTINGS);
     let config = common::edge_config(dir.path(), &common::short_video(), &remote);
-    let testsrc = testsrc_overrides(FRAMES);
-    let edge = std::thread::spawn(move || run_edge(&config, &testsrc));
+    let testsrc = common::testsrc_overrides("20/1", FRAMES as i64);
+    let edge = std::thread::spawn(move || run_in_process(&config, &testsrc));
 
     std::thread::sleep(Duration::from_millis(1500));
     worker.kill().expect("SIGKILL the worker");
@@ -511,4 +504,52 @@ fn crashed_worker_is_detected_without_waiting_for_the_idle_timeout() {
     // The stream ends about 6 s after it starts; the reconnection happened before it did, so
     // sooner than the idle timeout (5 s after the crash) would have allowed.
     assert!(killed_at.elapsed() < Duration::from_secs(8), "the run took too long to say anything about detection");
+}
+
+#[test]
+fn a_worker_shutting_down_refuses_newcomers_and_finishes_the_frames_in_flight() {
+    let _machine = common::whole_machine();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dev_pki(&dir.path().join("pki"));
+    let config = WorkerConfig::load(&write_worker_config(dir.path(), &pki, &WorkerSettings::default()), &[]).expect("worker.toml");
+    let shutdown = Shutdown::new();
+    let worker = Worker::start(&config, shutdown.clone()).expect("starting the worker");
+    let client_config = edgeseg::remote::tls::client_config(edge_identity(&pki)).expect("client TLS config");
+    let (in_flight, late) = (encoded_request(7), encoded_request(8));
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let (newcomer, late_reply, in_flight_reply) = runtime.block_on(async {
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).expect("client endpoint");
+        endpoint.set_default_client_config(client_config);
+        let connection = endpoint.connect(worker.local_addr, "localhost").expect("connecting").await.expect("handshake");
+        // A frame in flight when the shutdown comes: its stream is open, half of it sent. Only
+        // this test decides when the rest follows, so the drain must wait for it.
+        let (mut send, recv) = connection.open_bi().await.expect("opening a stream");
+        let half = in_flight.len() / 2;
+        send.write_all(&in_flight[..half]).await.expect("sending the first half");
+        tokio::task::block_in_place(|| {
+            wait_until("the worker serves the frame", Duration::from_secs(30), || worker.status().in_flight == 1)
+        });
+        shutdown.request();
+
+        let newcomer = endpoint.connect(worker.local_addr, "localhost").expect("connecting").await;
+        let late_reply = exchange_raw(&connection, &late).await;
+        send.write_all(&in_flight[half..]).await.expect("sending the second half");
+        send.finish().expect("finishing the stream");
+        let in_flight_reply = read_response(recv).await;
+        connection.close(0u32.into(), b"done");
+        endpoint.wait_idle().await;
+        (newcomer, late_reply, in_flight_reply)
+    });
+    let status = worker.wait();
+
+    assert!(newcomer.is_err(), "a new connection is refused while draining");
+    assert_eq!(late_reply.frame_id, 8);
+    match &late_reply.body {
+        ResponseBody::Error { code: ErrorCode::Internal, message } if message.contains("shutting down") => {}
+        other => panic!("a frame sent while draining is turned away at once, got {other:?}"),
+    }
+    assert_eq!(in_flight_reply.frame_id, 7);
+    assert!(matches!(in_flight_reply.body, ResponseBody::Mask(_)), "the frame in flight is answered: {:?}", in_flight_reply.body);
+    assert_eq!((status.answered, status.in_flight), (1, 0));
 }

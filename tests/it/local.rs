@@ -1,18 +1,20 @@
 //! The local edge pipeline end to end, with real GStreamer and real ONNX Runtime: replay of a
-//! recorded video, the live-source drop policy, clean shutdown on SIGTERM, and every kind of bad
-//! input ending in a clear error and a non-zero exit without losing what was already written.
-
-mod common;
+//! recorded video, the live-source drop policy, clean shutdown on SIGTERM or on request after N
+//! frames, a second signal ending a stuck run at once, and every kind of bad input ending in a
+//! clear error and a non-zero exit without losing what was already written.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{edge_config, records, run_edge, short_video, RunResult, SHORT_VIDEO_FRAMES};
-use edgeseg::config::Liveness;
+use crate::common::{self, edge_config, records, run_edge, short_video, RunResult, SHORT_VIDEO_FRAMES};
+use edgeseg::config::{EdgeConfig, Liveness};
+use edgeseg::frame::Segmented;
 use edgeseg::ingest::PipelineSpec;
 use edgeseg::shutdown::Shutdown;
+use edgeseg::sink::{Observer, SinkError};
 
 fn run_config(config: &Path, extra: &[&str]) -> RunResult {
     let mut args = vec!["run", "--config", config.to_str().unwrap()];
@@ -36,6 +38,7 @@ fn count_frames(video: &Path) -> usize {
 
 #[test]
 fn replay_yields_one_record_per_frame_in_order_with_frame_sized_masks() {
+    let _machine = common::shared_machine();
     let dir = tempfile::tempdir().unwrap();
     let config = edge_config(dir.path(), &short_video(), "");
     let result = run_config(&config, &[]);
@@ -77,6 +80,7 @@ fn replay_yields_one_record_per_frame_in_order_with_frame_sized_masks() {
 
 #[test]
 fn live_source_drops_oldest_when_the_consumer_is_slow_and_is_never_blocked() {
+    let _machine = common::shared_machine();
     common::fixtures();
     let params: BTreeMap<String, String> =
         [("pattern", "ball"), ("width", "64"), ("height", "48"), ("framerate", "50/1"), ("num_buffers", "-1")]
@@ -116,6 +120,7 @@ fn live_source_drops_oldest_when_the_consumer_is_slow_and_is_never_blocked() {
 
 #[test]
 fn sigterm_finishes_in_flight_frames_and_flushes_outputs() {
+    let _machine = common::shared_machine();
     let dir = tempfile::tempdir().unwrap();
     let config = edge_config(dir.path(), &short_video(), "");
     let testsrc = common::root().join("pipelines/testsrc.pipeline");
@@ -161,8 +166,109 @@ extern "C" {
     fn libc_kill(pid: i32, signal: i32) -> i32;
 }
 
+/// Records the order of every frame it sees and requests the shutdown once it saw `after`.
+struct StopAfter {
+    after: usize,
+    shutdown: Shutdown,
+    seen: Arc<Mutex<Vec<u64>>>,
+}
+
+impl Observer for StopAfter {
+    fn observe(&mut self, frame: &Segmented) -> Result<(), SinkError> {
+        let mut seen = self.seen.lock().unwrap();
+        seen.push(frame.order);
+        if seen.len() == self.after {
+            self.shutdown.request();
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_run_asked_to_stop_after_n_frames_finishes_them_all_without_a_signal() {
+    const STOP_AFTER: usize = 5;
+    let _machine = common::shared_machine();
+    let dir = tempfile::tempdir().unwrap();
+    let path = edge_config(dir.path(), &short_video(), "");
+    let mut overrides = common::testsrc_overrides("30/1", -1);
+    overrides.push("output.masks=false".into());
+    let config = EdgeConfig::load(&path, &overrides).unwrap();
+    let shutdown = Shutdown::new();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let stop_after = StopAfter { after: STOP_AFTER, shutdown: shutdown.clone(), seen: seen.clone() };
+    let outcome = edgeseg::pipeline::run_observed(&config, &shutdown, vec![Box::new(stop_after)]).unwrap();
+
+    assert!(outcome.error.is_none(), "{:?}", outcome.error);
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.len() >= STOP_AFTER, "{seen:?}");
+    assert_eq!(seen, (0..seen.len() as u64).collect::<Vec<_>>(), "the observer saw every frame, in order");
+    let out = dir.path().join("out");
+    let recs = records(&out);
+    assert_eq!(recs.len(), seen.len(), "the observer saw what the records got");
+    let summary = &outcome.summary;
+    assert_eq!(recs.len() as u64, summary.frames_in - summary.dropped, "every frame that entered came out");
+    assert_eq!(count_frames(&out.join("overlay.mp4")), recs.len(), "overlay video was finalised with every frame");
+}
+
+/// Lines of a child's stderr as they come.
+fn stderr_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits for a line containing `needle`; a child that never says it fails the test instead of hanging it.
+fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, needle: &str) {
+    loop {
+        match lines.recv_timeout(Duration::from_secs(120)) {
+            Ok(line) if line.contains(needle) => return,
+            Ok(_) => {}
+            Err(e) => panic!("stderr never said {needle:?}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn a_second_signal_ends_a_stuck_run_at_once() {
+    let _machine = common::shared_machine();
+    let dir = tempfile::tempdir().unwrap();
+    // Every buffer sleeps a minute in `identity`: the source never prerolls, and stopping it
+    // would wait for the sleep, like a camera that hangs.
+    let stuck = common::pipeline_file(
+        dir.path(),
+        "stuck.pipeline",
+        "videotestsrc ! video/x-raw,width=64,height=48 ! identity sleep-time=60000000 ! videoconvert ! appsink name=sink",
+    );
+    let config = edge_config(dir.path(), &short_video(), "");
+    let mut child = std::process::Command::new(common::bin())
+        .args(["run", "--config", config.to_str().unwrap(), "--pipeline", stuck.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = stderr_lines(&mut child);
+    // The signal handler is installed before the model loads.
+    wait_for_line(&lines, "model loaded");
+    unsafe { libc_kill(child.id() as i32, 15) };
+    // Two signals sent before the first is handled would count as one.
+    wait_for_line(&lines, "stop requested");
+    unsafe { libc_kill(child.id() as i32, 2) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(128 + 2), "the second signal (SIGINT) ends the process at once: {status:?}");
+    wait_for_line(&lines, "second stop request");
+}
+
 #[test]
 fn missing_video_file_is_a_clear_error() {
+    let _machine = common::shared_machine();
     let dir = tempfile::tempdir().unwrap();
     let config = edge_config(dir.path(), &dir.path().join("nope.mp4"), "");
     assert_fails_with(&run_config(&config, &[]), &["filesrc", "check that the video file exists"]);
@@ -170,6 +276,7 @@ fn missing_video_file_is_a_clear_error() {
 
 #[test]
 fn truncated_video_is_a_clear_error() {
+    let _machine = common::shared_machine();
     let dir = tempfile::tempdir().unwrap();
     let full = std::fs::read(common::fixtures().join("fixtures/demo.mp4")).unwrap();
     let truncated = dir.path().join("truncated.mp4");
@@ -184,13 +291,13 @@ fn truncated_video_is_a_clear_error() {
 
 #[test]
 fn stream_error_midway_keeps_everything_written_before_it() {
+    let _machine = common::shared_machine();
     let dir = tempfile::tempdir().unwrap();
-    let pipeline = dir.path().join("fails.pipeline");
-    std::fs::write(
-        &pipeline,
-        "videotestsrc num-buffers=40 ! video/x-raw,width=96,height=64 ! identity error-after=12 ! videoconvert ! appsink name=sink\n",
-    )
-    .unwrap();
+    let pipeline = common::pipeline_file(
+        dir.path(),
+        "fails.pipeline",
+        "videotestsrc num-buffers=40 ! video/x-raw,width=96,height=64 ! identity error-after=12 ! videoconvert ! appsink name=sink",
+    );
     let config = edge_config(dir.path(), &short_video(), "");
     let result = run_config(&config, &["--pipeline", pipeline.to_str().unwrap()]);
     assert_fails_with(&result, &["identity0", "Failed after iterations as requested"]);
@@ -205,19 +312,17 @@ fn stream_error_midway_keeps_everything_written_before_it() {
 
 #[test]
 fn pipeline_that_does_not_parse_or_lacks_an_appsink_is_a_clear_error() {
+    let _machine = common::shared_machine();
     let dir = tempfile::tempdir().unwrap();
     let config = edge_config(dir.path(), &short_video(), "");
-    let broken = dir.path().join("broken.pipeline");
-    std::fs::write(&broken, "videotestsrc ! nosuchelement ! appsink\n").unwrap();
+    let broken = common::pipeline_file(dir.path(), "broken.pipeline", "videotestsrc ! nosuchelement ! appsink");
     assert_fails_with(
         &run_config(&config, &["--pipeline", broken.to_str().unwrap()]),
         &["broken.pipeline", "does not parse", "nosuchelement"],
     );
-    let no_sink = dir.path().join("nosink.pipeline");
-    std::fs::write(&no_sink, "videotestsrc num-buffers=3 ! fakesink\n").unwrap();
+    let no_sink = common::pipeline_file(dir.path(), "nosink.pipeline", "videotestsrc num-buffers=3 ! fakesink");
     assert_fails_with(&run_config(&config, &["--pipeline", no_sink.to_str().unwrap()]), &["nosink.pipeline", "has no appsink"]);
-    let missing_param = dir.path().join("param.pipeline");
-    std::fs::write(&missing_param, "uridecodebin uri=${uri} ! videoconvert ! appsink\n").unwrap();
+    let missing_param = common::pipeline_file(dir.path(), "param.pipeline", "uridecodebin uri=${uri} ! videoconvert ! appsink");
     assert_fails_with(&run_config(&config, &["--pipeline", missing_param.to_str().unwrap()]), &["${uri}", "ingest.params.uri"]);
 }
 
@@ -232,6 +337,7 @@ fn manifest_variant(dir: &Path, onnx: &Path, edit: impl Fn(String) -> String) ->
 
 #[test]
 fn model_file_that_is_not_onnx_is_a_clear_error() {
+    let _machine = common::shared_machine();
     let dir = tempfile::tempdir().unwrap();
     let fake = dir.path().join("fake.onnx");
     std::fs::write(&fake, "this is not a protobuf").unwrap();
@@ -244,6 +350,7 @@ fn model_file_that_is_not_onnx_is_a_clear_error() {
 
 #[test]
 fn manifest_that_disagrees_with_the_model_names_both() {
+    let _machine = common::shared_machine();
     let dir = tempfile::tempdir().unwrap();
     let onnx = common::fixtures().join("models/small.onnx");
     let config = edge_config(dir.path(), &short_video(), "");
@@ -266,6 +373,7 @@ fn manifest_that_disagrees_with_the_model_names_both() {
 
 #[test]
 fn invalid_config_values_name_the_key_and_file() {
+    let _machine = common::shared_machine();
     let dir = tempfile::tempdir().unwrap();
     let config = edge_config(dir.path(), &short_video(), "");
     let cases: &[(&str, &[&str])] = &[

@@ -1,0 +1,8 @@
+//! Integration tests in one binary, with real GStreamer pipelines, real ONNX Runtime and real
+//! QUIC on loopback: `local` drives the edge pipeline on its own, `remote` adds workers.
+//! Unit tests (sans-IO cores on made-up time, stages over in-memory channels) live beside the
+//! code in `src/`.
+
+mod common;
+mod local;
+mod remote;
