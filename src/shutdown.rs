@@ -8,7 +8,6 @@
 //! late it starts watching.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
@@ -68,11 +67,6 @@ impl Shutdown {
     pub fn wait(&self) {
         let _ = self.closed.recv();
     }
-
-    /// Blocks until shutdown is requested or `limit` passes; true if it was requested.
-    pub fn wait_timeout(&self, limit: Duration) -> bool {
-        matches!(self.closed.recv_timeout(limit), Err(crossbeam_channel::RecvTimeoutError::Disconnected))
-    }
 }
 
 #[cfg(test)]
@@ -91,7 +85,7 @@ mod tests {
         assert!(early.join().unwrap());
         // Watching after the request: ready at once, on both sides, however often.
         shutdown.wait();
-        assert!(shutdown.wait_timeout(Duration::ZERO));
+        shutdown.wait();
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         runtime.block_on(shutdown.cancelled());
         shutdown.request();
@@ -101,7 +95,7 @@ mod tests {
     #[test]
     fn nothing_is_ready_before_a_request() {
         let shutdown = Shutdown::new();
-        assert!(!shutdown.wait_timeout(Duration::ZERO));
+        assert!(!shutdown.is_requested());
         assert!(shutdown.requested().try_recv().is_err_and(|e| e.is_empty()));
     }
 }
