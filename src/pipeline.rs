@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use crate::config::{EdgeConfig, Routing};
 use crate::control::{Route, RoutingPolicy};
-use crate::infer::{InferError, Logits, Model};
+use crate::infer::{InferError, InputBuffer, Model, NetworkOutput, Placement};
 use crate::ingest::{Frame, IngestError, PipelineSpec};
 use crate::metrics::{Percentiles, QueueDepths, QueueGauge, QueueReport, RemoteHealth, RemoteHealthSnapshot};
 use crate::remote::client::{ClientError, RemoteClient};
@@ -59,12 +59,14 @@ impl Job {
 
 struct Prepared {
     job: Job,
-    tensor: Vec<f32>,
+    input: InputBuffer,
+    placement: Placement,
 }
 
 struct Inferred {
     job: Job,
-    logits: Logits,
+    output: NetworkOutput,
+    placement: Placement,
 }
 
 /// What a run did, printed at the end and written to `summary.json`.
@@ -251,25 +253,29 @@ pub fn run(config: &EdgeConfig, stop: Arc<AtomicBool>) -> Result<RunOutcome, Pip
     drop(local_tx);
     drop(ingest.frames);
 
+    // Input tensors go back from the infer stage to be refilled, so frames allocate none.
+    let (spare_inputs_tx, spare_inputs_rx) = bounded::<InputBuffer>(cap + 2);
     let pre_manifest = manifest.clone();
     threads.push(map_stage("preprocess", local_rx, prepared_tx, first_error.clone(), move |mut job: Job| {
         let t = Instant::now();
-        let mut tensor = vec![0f32; pre_manifest.input_len()];
-        crate::infer::preprocess(&job.frame.bgr, job.frame.width, job.frame.height, &pre_manifest, &mut tensor)?;
+        let mut input = spare_inputs_rx.try_recv().unwrap_or_else(|_| InputBuffer::new(&pre_manifest, 1));
+        let image = input.image_mut(0).ok_or_else(|| InferError::Image { step: "preprocess", message: "empty input buffer".into() })?;
+        let placement = crate::infer::preprocess(&job.frame.bgr, job.frame.width, job.frame.height, &pre_manifest, image)?;
         job.latency_ms.insert("preprocess", ms_since(t));
-        Ok(Prepared { job, tensor })
+        Ok(Prepared { job, input, placement })
     }));
 
-    threads.push(map_stage("infer", prepared_rx, inferred_tx, first_error.clone(), move |Prepared { mut job, tensor }| {
+    threads.push(map_stage("infer", prepared_rx, inferred_tx, first_error.clone(), move |Prepared { mut job, input, placement }| {
         let t = Instant::now();
-        let logits = model.run(&tensor, 1)?;
+        let output = model.run(&input)?;
+        let _ = spare_inputs_tx.try_send(input);
         job.latency_ms.insert("infer", ms_since(t));
-        Ok(Inferred { job, logits })
+        Ok(Inferred { job, output, placement })
     }));
 
-    threads.push(map_stage("postprocess", inferred_rx, segmented_tx, first_error.clone(), |Inferred { mut job, logits }| {
+    threads.push(map_stage("postprocess", inferred_rx, segmented_tx, first_error.clone(), |Inferred { mut job, output, placement }| {
         let t = Instant::now();
-        let map = logits.class_map(0, job.frame.width, job.frame.height)?;
+        let map = output.class_map(0, &placement)?;
         job.latency_ms.insert("postprocess", ms_since(t));
         let source = match job.fallback.take() {
             Some(reason) => MaskSource::Fallback { reason },
