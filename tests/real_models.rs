@@ -21,9 +21,14 @@ fn manifest(name: &str) -> PathBuf {
     common::root().join("models").join(format!("{name}.toml"))
 }
 
+/// One intra-op thread: the tests run beside each other on a small machine.
+fn settings(manifest: &Path) -> SessionConfig {
+    SessionConfig { manifest: manifest.to_path_buf(), intra_threads: 1, inter_threads: 1, optimization: Optimization::All }
+}
+
 fn load(manifest: &Path) -> Model {
-    let settings = SessionConfig { manifest: manifest.to_path_buf(), intra_threads: 1, inter_threads: 1, optimization: Optimization::All };
-    Model::load(&settings).unwrap_or_else(|e| panic!("loading {}: {e} (are the assets in {}?)", manifest.display(), assets_dir().display()))
+    Model::load(&settings(manifest))
+        .unwrap_or_else(|e| panic!("loading {}: {e} (are the assets in {}?)", manifest.display(), assets_dir().display()))
 }
 
 /// A test image as tightly packed BGR (OpenCV's order, like the frames from GStreamer).
@@ -154,14 +159,14 @@ fn manifest_variant(dir: &Path, name: &str, edit: impl Fn(String) -> String) -> 
 }
 
 fn load_error(manifest: &Path) -> String {
-    let settings = SessionConfig { manifest: manifest.to_path_buf(), intra_threads: 1, inter_threads: 1, optimization: Optimization::All };
-    Model::load(&settings).expect_err("the manifest disagrees with the graph").to_string()
+    Model::load(&settings(manifest)).expect_err("the manifest disagrees with the graph").to_string()
 }
 
 #[test]
 fn manifest_that_disagrees_with_a_real_graph_names_both_files_and_the_problem() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: &[(&str, fn(String) -> String, &str)] = &[
+    type Edit = fn(String) -> String;
+    let cases: &[(&str, Edit, &str)] = &[
         (
             "deeplab-small",
             |t| t.replace("layout = \"NHWC\"", "layout = \"NCHW\""),

@@ -439,8 +439,8 @@ fn broadcast(shapes: &[&[usize]]) -> Result<Vec<usize>, String> {
     let rank = shapes.iter().map(|s| s.len()).max().unwrap_or(0);
     (0..rank)
         .map(|i| {
-            let dims = shapes.iter().filter_map(|s| (i + s.len()).checked_sub(rank).map(|j| s[j]));
-            dims.fold(Ok(1), |acc: Result<usize, String>, d| match acc? {
+            let mut dims = shapes.iter().filter_map(|s| (i + s.len()).checked_sub(rank).map(|j| s[j]));
+            dims.try_fold(1, |acc, d| match acc {
                 1 => Ok(d),
                 a if d == 1 || d == a => Ok(a),
                 a => Err(format!("shapes {shapes:?} do not broadcast ({a} vs {d})")),
