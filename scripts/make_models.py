@@ -138,21 +138,27 @@ SPECS = {
 
 MANIFEST_TEMPLATE = """\
 # Model manifest: tells edgeseg how to feed and read an ONNX segmentation network.
+# FIXTURE: a synthetic network made by scripts/make_models.py (random tower, nearest-colour
+# classifier) for machines without the real models; tests name it explicitly. The real
+# networks' manifests are models/deeplab-*.toml.
 name = "{name}"
 {onnx_line}# relative to this manifest; ${{EDGESEG_ASSETS}} is expanded
-{gflops_line}# per frame at input size; used for computation-reduction reports
+{gflops_line}# per frame at input size (edgeseg models info models/{name}.toml)
 [input]
 name = "input"
 width = {size}
 height = {size}
-layout = "NCHW"
+layout = "NCHW"              # axis order of the input tensor: "NCHW" or "NHWC"
+dtype = "float32"            # "float32" (normalised as below) or "uint8" (raw pixels)
 color = "RGB"                # channel order the network expects: "RGB" or "BGR"
+fit = "stretch"              # "stretch" to the input size, or "pad" (keep aspect, pad with pad_value)
 scale = 255.0                # pixel / scale, then (x - mean) / std
 mean = [0.485, 0.456, 0.406]
 std = [0.229, 0.224, 0.225]
 [output]
 name = "logits"
-layout = "NCHW"              # [N, classes, H, W] logits
+kind = "logits"              # "logits" (float [N, classes, H, W], argmax taken) or "classes" (int64 [N, H, W])
+layout = "NCHW"
 classes = [{classes}]
 """
 

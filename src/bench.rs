@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::config::{EdgeConfig, Routing};
-use crate::infer::Model;
+use crate::infer::{InputBuffer, Model};
 use crate::ingest::PipelineSpec;
 use crate::metrics::LatencyStats;
 use crate::remote::proto::{self, ImageEncoding, Limits, MaskResult, Request, Response, ResponseBody};
@@ -59,12 +59,14 @@ pub fn pipeline(config: &EdgeConfig) -> Result<(), BenchError> {
     let tensors = frames
         .iter()
         .map(|f| {
-            let mut t = vec![0f32; model.manifest.input_len()];
-            crate::infer::preprocess(&f.bgr, f.width, f.height, &model.manifest, &mut t).map(|()| t)
+            let mut input = InputBuffer::new(&model.manifest, 1);
+            let image = input.image_mut(0).ok_or_else(|| BenchError::Setup("empty input buffer".into()))?;
+            crate::infer::preprocess(&f.bgr, f.width, f.height, &model.manifest, image)?;
+            Ok(input)
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, BenchError>>()?;
     for t in tensors.iter().take(3) {
-        model.run(t, 1)?;
+        model.run(t)?;
     }
     println!(
         "bench pipeline: {} frames of {}x{}, model {} ({} intra-op threads)",
@@ -78,7 +80,7 @@ pub fn pipeline(config: &EdgeConfig) -> Result<(), BenchError> {
     for round in 1..=ROUNDS {
         let started = Instant::now();
         for t in &tensors {
-            model.run(t, 1)?;
+            model.run(t)?;
         }
         let bare = tensors.len() as f64 / started.elapsed().as_secs_f64();
         let outcome = crate::pipeline::run(&config, &Shutdown::new())?;
@@ -95,6 +97,39 @@ pub fn pipeline(config: &EdgeConfig) -> Result<(), BenchError> {
     // Each round's two measurements are adjacent in time, so their ratio cancels most machine drift.
     println!("  ratio pipeline/bare = {:.3} (median of per-round ratios; target >= 0.95)", median(ratios));
     Ok(())
+}
+
+/// Median milliseconds per frame of one model at batch 1: the bare network on a preprocessed
+/// frame, and the whole [`Model::segment`] (preprocess + network + class map at frame size).
+#[derive(Debug, Clone, Copy)]
+pub struct ModelTiming {
+    pub network_ms: f64,
+    pub segment_ms: f64,
+}
+
+/// Times `settings`' model on a synthetic `width`×`height` frame for `frames` runs of each kind,
+/// after three warm-up runs (`edgeseg models info --bench`).
+pub fn model(settings: &crate::config::SessionConfig, frames: usize, width: u32, height: u32) -> Result<ModelTiming, BenchError> {
+    let mut model = Model::load(settings)?;
+    let bgr = synthetic_frame(width, height);
+    let mut input = InputBuffer::new(&model.manifest, 1);
+    let image = input.image_mut(0).ok_or_else(|| BenchError::Setup("empty input buffer".into()))?;
+    crate::infer::preprocess(&bgr, width, height, &model.manifest, image)?;
+    let time_ms = |f: &mut dyn FnMut() -> Result<(), crate::infer::InferError>| -> Result<f64, BenchError> {
+        for _ in 0..3 {
+            f()?;
+        }
+        let mut ms = Vec::with_capacity(frames);
+        for _ in 0..frames.max(1) {
+            let t = Instant::now();
+            f()?;
+            ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        Ok(median(ms))
+    };
+    let network_ms = time_ms(&mut || model.run(&input).map(drop))?;
+    let segment_ms = time_ms(&mut || model.segment(&bgr, width, height).map(drop))?;
+    Ok(ModelTiming { network_ms, segment_ms })
 }
 
 /// A synthetic frame with structure and noise, so JPEG sizes resemble camera frames.
@@ -298,7 +333,7 @@ async fn serve_length_prefixed<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S)
     }
 }
 
-fn parse_size(s: &str) -> Result<(u32, u32), BenchError> {
+pub fn parse_size(s: &str) -> Result<(u32, u32), BenchError> {
     let bad = || BenchError::Setup(format!("frame size {s:?} is not WIDTHxHEIGHT"));
     let (w, h) = s.split_once('x').ok_or_else(bad)?;
     let (w, h): (u32, u32) = (w.parse().map_err(|_| bad())?, h.parse().map_err(|_| bad())?);

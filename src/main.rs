@@ -88,10 +88,35 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Inspect model manifests and their ONNX graphs.
+    Models {
+        #[command(subcommand)]
+        which: ModelsCommand,
+    },
     /// Benchmarks that print rates and ratios.
     Bench {
         #[command(subcommand)]
         which: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// The graph's inputs and outputs, and GFLOPs (2 × multiply-adds of Conv/MatMul/Gemm) at the
+    /// manifest's input size, counted from the ONNX graph.
+    Info {
+        /// Model manifest (models/*.toml).
+        manifest: PathBuf,
+        /// Also time the model: median ms per frame over this many runs (network alone, and
+        /// preprocess + network + class map at frame size).
+        #[arg(long, value_name = "FRAMES")]
+        bench: Option<usize>,
+        /// ONNX Runtime intra-op threads for --bench.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Frame size for --bench, as WIDTHxHEIGHT.
+        #[arg(long, default_value = "480x360")]
+        frame: String,
     },
 }
 
@@ -186,6 +211,61 @@ fn print_summary(s: &RunSummary) {
     }
 }
 
+fn models_info(path: &std::path::Path, bench: Option<usize>, threads: usize, frame: &str) -> anyhow::Result<()> {
+    use edgeseg::infer::onnx_graph;
+    let manifest = edgeseg::infer::ModelManifest::load(path)?;
+    let (graph, cost) = onnx_graph::cost_for_manifest(&manifest)?;
+    let input = &manifest.input;
+    println!("model {} ({})", manifest.name, path.display());
+    let opsets: Vec<String> = graph.opsets.iter().map(|(domain, version)| format!("{domain} {version}")).collect();
+    println!("  onnx: {} (opsets: {})", manifest.onnx.display(), opsets.join(", "));
+    for i in graph.inputs() {
+        println!("  input:  {i}");
+    }
+    for o in graph.outputs() {
+        println!("  output: {o}");
+    }
+    println!(
+        "  manifest: input {:?} {}x{} {} {:?} {:?}, fit {:?}; reads output {:?} ({:?}, {} classes)",
+        input.name,
+        input.width,
+        input.height,
+        input.layout.name(),
+        input.dtype,
+        input.color,
+        input.fit,
+        manifest.output.name,
+        manifest.output.kind,
+        manifest.output.classes.len()
+    );
+    let shape: Vec<String> = manifest.input_shape(1).iter().map(ToString::to_string).collect();
+    println!("  at input [{}]:", shape.join(", "));
+    for (name, shape) in &cost.output_shapes {
+        println!("    output {name} {shape:?}");
+    }
+    for (op, (nodes, macs)) in cost.by_op.iter().filter(|(_, (_, macs))| *macs > 0) {
+        println!("    {op}: {nodes} nodes, {:.3} G multiply-adds", *macs as f64 / 1e9);
+    }
+    println!("  GFLOPs: {:.3} (2 x {} multiply-adds of Conv/MatMul/Gemm)", cost.gflops(), cost.multiply_adds);
+    if (cost.gflops() - manifest.gflops).abs() > 0.005 {
+        println!("  note: the manifest says gflops = {}; set it to {:.2}", manifest.gflops, cost.gflops());
+    }
+    if let Some(frames) = bench {
+        let (width, height) = edgeseg::bench::parse_size(frame)?;
+        let settings = edgeseg::config::SessionConfig {
+            manifest: path.to_path_buf(),
+            intra_threads: edgeseg::config::Count::new(threads).context("--threads must be within 1..=64")?,
+            ..Default::default()
+        };
+        let t = edgeseg::bench::model(&settings, frames, width, height)?;
+        println!(
+            "  bench ({threads} intra-op thread(s), batch 1, median of {frames}): network {:.1} ms, segment a {width}x{height} frame {:.1} ms",
+            t.network_ms, t.segment_ms
+        );
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
@@ -230,6 +310,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             for (name, paths) in &pki.clients {
                 println!("client {name}: {} / {}", paths.cert.display(), paths.key.display());
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Models { which: ModelsCommand::Info { manifest, bench, threads, frame } } => {
+            models_info(&manifest, bench, threads, &frame)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench { which } => {

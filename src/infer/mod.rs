@@ -1,23 +1,29 @@
 //! Local inference: ONNX Runtime sessions plus the pre- and post-processing a model manifest
 //! describes. Frames enter as BGR bytes, leave as a class map at frame size.
 //!
-//! Preprocessing, the network and post-processing are separate functions so the pipeline can
-//! run them on separate threads and overlap them with each other.
+//! Preprocessing ([`preprocess`]), the network ([`Model::run`]) and post-processing
+//! ([`NetworkOutput::class_map`]) are separate functions so the pipeline can run them on
+//! separate threads and overlap them; [`Model::segment`] chains them for one frame, for the
+//! offline evaluator and the decision network, so offline numbers are the live ones.
+//! Post-processing works at the output's resolution (argmax, crop of any padding) and only the
+//! one-byte class map is resized to frame size.
 
 pub mod manifest;
+pub mod onnx_graph;
+mod output;
+mod prepare;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use opencv::core::{Mat, Size};
-use opencv::prelude::*;
 use ort::session::builder::GraphOptimizationLevel;
-use ort::session::Session;
-use ort::value::{DynValue, TensorElementType, TensorRef, ValueType};
+use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions, Session, SessionInputValue};
+use ort::value::{TensorElementType, TensorRef, ValueType};
 
 use crate::config::{Optimization, SessionConfig};
-pub use crate::frame::ClassMap;
-pub use manifest::{ColorOrder, ManifestError, ModelManifest};
+pub use manifest::{ColorOrder, Fit, InputType, Layout, ManifestError, ModelManifest, OutputKind};
+pub use output::{argmax, confidence, resize_class_map, ClassMap, Confidence, NetworkOutput};
+pub use prepare::{preprocess, ImageMut, InputBuffer, Placement};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InferError {
@@ -34,7 +40,6 @@ pub enum InferError {
     #[error("image operation failed in {step}: {message}")]
     Image { step: &'static str, message: String },
 }
-
 /// Why ONNX Runtime itself is unavailable. Cloneable, because the one environment is created
 /// once per process and every later session reports the same failure.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -85,8 +90,13 @@ fn environment() -> Result<&'static ort::environment::Environment, RuntimeError>
 pub struct Model {
     pub manifest: ModelManifest,
     session: Session,
+    /// Asks ONNX Runtime for the manifest's output only (the large graphs also return 21 logit
+    /// planes at 513x513 that a class-map reader would pay for and drop).
+    run_options: RunOptions<HasSelectedOutputs>,
     /// Largest batch the graph accepts (1 when the batch dimension is fixed).
     pub max_batch: usize,
+    /// [`Model::segment`]'s input, reused from frame to frame.
+    scratch: InputBuffer,
 }
 
 impl std::fmt::Debug for Model {
@@ -120,27 +130,91 @@ impl Model {
             .commit_from_file(&manifest.onnx)
             .map_err(|e| load_err(e.to_string()))?;
         let max_batch = check_against_manifest(&session, &manifest)?;
-        let mut model = Model { manifest, session, max_batch };
+        let run_options = RunOptions::new()
+            .map_err(|e| load_err(e.to_string()))?
+            .with_outputs(OutputSelector::no_default().with(manifest.output.name.as_str()));
+        let scratch = InputBuffer::new(&manifest, 1);
+        let mut model = Model { manifest, session, run_options, max_batch, scratch };
         // ONNX Runtime allocates and tunes on the first run; pay that now, not on the first frame.
-        let zeros = vec![0f32; model.manifest.input_len()];
-        model.run(&zeros, 1)?;
+        model.run_scratch()?;
         tracing::info!(model = %model.manifest.name, onnx = %model.manifest.onnx.display(), max_batch, "model loaded");
         Ok(model)
     }
 
-    /// Runs `batch` preprocessed images laid out one after another in `input`.
-    pub fn run(&mut self, input: &[f32], batch: usize) -> Result<Logits, InferError> {
-        let (w, h) = (self.manifest.input.width as usize, self.manifest.input.height as usize);
-        let run_err = |message: String| InferError::Run { model: self.manifest.name.clone(), message };
-        if batch == 0 || batch > self.max_batch || input.len() != batch * self.manifest.input_len() {
-            return Err(run_err(format!("batch of {batch} with {} values does not fit the model", input.len())));
-        }
-        let tensor = TensorRef::from_array_view(([batch, 3, h, w], input)).map_err(|e| run_err(e.to_string()))?;
-        let mut outputs =
-            self.session.run(ort::inputs![self.manifest.input.name.as_str() => tensor]).map_err(|e| run_err(e.to_string()))?;
-        let value = outputs.remove(&self.manifest.output.name).ok_or_else(|| run_err("output missing".into()))?;
-        Logits::new(value, batch, self.manifest.output.classes.len()).map_err(run_err)
+    /// Runs the preprocessed images in `input` as one batch.
+    pub fn run(&mut self, input: &InputBuffer) -> Result<NetworkOutput, InferError> {
+        run_session(&mut self.session, &self.run_options, &self.manifest, self.max_batch, input)
     }
+
+    fn run_scratch(&mut self) -> Result<NetworkOutput, InferError> {
+        run_session(&mut self.session, &self.run_options, &self.manifest, self.max_batch, &self.scratch)
+    }
+
+    /// Preprocesses, runs and post-processes one frame: the live pipeline's three stages in one
+    /// call, for offline evaluation and anything else that segments single images.
+    pub fn segment(&mut self, bgr: &[u8], width: u32, height: u32) -> Result<ClassMap, InferError> {
+        let (map, _) = self.segment_inner(bgr, width, height, false)?;
+        Ok(map)
+    }
+
+    /// Like [`Model::segment`], plus the softmax statistics of the logits inside the frame (at
+    /// the logits' resolution); `None` for models whose output is a ready class map.
+    pub fn segment_with_confidence(&mut self, bgr: &[u8], width: u32, height: u32) -> Result<(ClassMap, Option<Confidence>), InferError> {
+        self.segment_inner(bgr, width, height, true)
+    }
+
+    fn segment_inner(
+        &mut self,
+        bgr: &[u8],
+        width: u32,
+        height: u32,
+        with_confidence: bool,
+    ) -> Result<(ClassMap, Option<Confidence>), InferError> {
+        let image = self.scratch.image_mut(0).ok_or_else(|| InferError::Image { step: "preprocess", message: "no input buffer".into() })?;
+        let placement = preprocess(bgr, width, height, &self.manifest, image)?;
+        let output = self.run_scratch()?;
+        let map = output.class_map(0, &placement)?;
+        let confidence = if with_confidence { output.confidence(0, &placement) } else { None };
+        Ok((map, confidence))
+    }
+}
+
+/// One batch through the session; a function of the model's parts so [`Model::segment`] can
+/// lend its own scratch buffer as the input.
+fn run_session(
+    session: &mut Session,
+    run_options: &RunOptions<HasSelectedOutputs>,
+    manifest: &ModelManifest,
+    max_batch: usize,
+    input: &InputBuffer,
+) -> Result<NetworkOutput, InferError> {
+    let run_err = |message: String| InferError::Run { model: manifest.name.clone(), message };
+    let batch = input.images();
+    if batch == 0 || batch > max_batch || input.image_len() != manifest.input_len() || input.dtype() != manifest.input.dtype {
+        return Err(run_err(format!(
+            "a batch of {batch} {:?} images of {} values does not fit the model ({:?}, {} values per image, at most {max_batch} per batch)",
+            input.dtype(),
+            input.image_len(),
+            manifest.input.dtype,
+            manifest.input_len()
+        )));
+    }
+    let shape = manifest.input_shape(batch);
+    let value: SessionInputValue<'_> = match input {
+        InputBuffer::Float32 { data, .. } => {
+            TensorRef::from_array_view((shape, data.as_slice())).map_err(|e| run_err(e.to_string()))?.into()
+        }
+        InputBuffer::Uint8 { data, .. } => TensorRef::from_array_view((shape, data.as_slice())).map_err(|e| run_err(e.to_string()))?.into(),
+    };
+    let mut outputs =
+        session.run_with_options(ort::inputs![manifest.input.name.as_str() => value], run_options).map_err(|e| run_err(e.to_string()))?;
+    let value = outputs.remove(&manifest.output.name).ok_or_else(|| run_err(format!("output {:?} missing", manifest.output.name)))?;
+    NetworkOutput::new(value, manifest.output.kind, batch, manifest.output.classes.len()).map_err(run_err)
+}
+
+/// `[N, 257, 257, 3]`-style text of an outlet's shape, dynamic axes by their symbol.
+fn describe(t: &ValueType) -> String {
+    t.to_string()
 }
 
 /// Compares the graph's real input/output with the manifest; returns the largest batch size.
@@ -156,216 +230,74 @@ fn check_against_manifest(session: &Session, m: &ModelManifest) -> Result<usize,
         session.outputs().iter().find(|o| o.name() == m.output.name).ok_or_else(|| {
             mismatch(format!("manifest output.name = {:?}, model outputs are [{}]", m.output.name, names(session.outputs())))
         })?;
-    let tensor_shape = |which: &str, t: &ValueType| -> Result<Vec<i64>, InferError> {
-        match t {
-            ValueType::Tensor { ty: TensorElementType::Float32, shape, .. } if shape.len() == 4 => Ok(shape.to_vec()),
-            other => Err(mismatch(format!("{which} must be a float32 tensor of rank 4 (NCHW), model has {other:?}"))),
+
+    let (want_input_type, dtype_name) = match m.input.dtype {
+        InputType::Float32 => (TensorElementType::Float32, "float32"),
+        InputType::Uint8 => (TensorElementType::Uint8, "uint8"),
+    };
+    let ishape = match input.dtype() {
+        ValueType::Tensor { ty, shape, .. } if *ty == want_input_type => shape.to_vec(),
+        other => {
+            return Err(mismatch(format!("manifest input.dtype = \"{dtype_name}\", model input {:?} is {}", m.input.name, describe(other))))
         }
     };
-    let ishape = tensor_shape("input", input.dtype())?;
-    let oshape = tensor_shape("output", output.dtype())?;
-    let fixed_differs = |dim: i64, want: i64| dim >= 0 && dim != want;
-    if fixed_differs(ishape[1], 3) {
-        return Err(mismatch(format!("model input has {} channels, manifest expects 3 (colour)", ishape[1])));
-    }
-    if fixed_differs(ishape[2], m.input.height as i64) || fixed_differs(ishape[3], m.input.width as i64) {
+    if ishape.len() != 4 {
         return Err(mismatch(format!(
-            "model input is {}x{} (HxW), manifest input.height x input.width = {}x{}",
-            ishape[2], ishape[3], m.input.height, m.input.width
+            "model input is {} (rank {}), manifest describes a 4-D image tensor",
+            describe(input.dtype()),
+            ishape.len()
         )));
     }
-    if fixed_differs(oshape[1], m.output.classes.len() as i64) {
-        return Err(mismatch(format!("model output has {} classes, manifest output.classes names {}", oshape[1], m.output.classes.len())));
+    let fixed_differs = |dim: i64, want: i64| dim >= 0 && dim != want;
+    let layout = m.input.layout;
+    let (c, h, w) = layout.axes();
+    if fixed_differs(ishape[c], 3) {
+        let other = match layout {
+            Layout::Nchw => Layout::Nhwc,
+            Layout::Nhwc => Layout::Nchw,
+        };
+        let hint = if ishape[other.axes().0] == 3 {
+            format!(" (the model looks {}: set input.layout = \"{}\")", other.name(), other.name())
+        } else {
+            String::new()
+        };
+        return Err(mismatch(format!(
+            "manifest input.layout = \"{}\" puts the colour channels at axis {c}, but model input {} has {} there, not 3{hint}",
+            layout.name(),
+            describe(input.dtype()),
+            ishape[c]
+        )));
+    }
+    if fixed_differs(ishape[h], m.input.height as i64) || fixed_differs(ishape[w], m.input.width as i64) {
+        return Err(mismatch(format!(
+            "model input is {}x{} (HxW), manifest input.height x input.width = {}x{}",
+            ishape[h], ishape[w], m.input.height, m.input.width
+        )));
+    }
+
+    let classes = m.output.classes.len() as i64;
+    match (m.output.kind, output.dtype()) {
+        (OutputKind::Logits, ValueType::Tensor { ty: TensorElementType::Float32, shape, .. }) if shape.len() == 4 => {
+            if fixed_differs(shape[1], classes) {
+                return Err(mismatch(format!("model output has {} classes, manifest output.classes names {classes}", shape[1])));
+            }
+        }
+        (OutputKind::Classes, ValueType::Tensor { ty: TensorElementType::Int64, shape, .. }) if shape.len() == 3 => {}
+        (kind, other) => {
+            let want = match kind {
+                OutputKind::Logits => "float32 logits of rank 4 [N, classes, H, W]",
+                OutputKind::Classes => "an int64 class map of rank 3 [N, H, W]",
+            };
+            return Err(mismatch(format!(
+                "manifest output.kind = \"{}\" expects {want}, model output {:?} is {}",
+                match kind {
+                    OutputKind::Logits => "logits",
+                    OutputKind::Classes => "classes",
+                },
+                m.output.name,
+                describe(other)
+            )));
+        }
     }
     Ok(if ishape[0] < 0 { 64 } else { ishape[0] as usize })
-}
-
-/// Network output for a batch, kept in ONNX Runtime's buffer so that reading it (argmax) can
-/// happen on another thread without a copy.
-pub struct Logits {
-    value: DynValue,
-    batch: usize,
-    classes: usize,
-    height: usize,
-    width: usize,
-}
-
-impl Logits {
-    fn new(value: DynValue, batch: usize, classes: usize) -> Result<Self, String> {
-        let (shape, _) = value.try_extract_tensor::<f32>().map_err(|e| e.to_string())?;
-        if shape.len() != 4 || shape[0] as usize != batch || shape[1] as usize != classes {
-            return Err(format!("output shape {:?} is not [{batch}, {classes}, H, W]", &shape[..]));
-        }
-        let (height, width) = (shape[2] as usize, shape[3] as usize);
-        Ok(Logits { value, batch, classes, height, width })
-    }
-
-    pub fn batch(&self) -> usize {
-        self.batch
-    }
-
-    /// The `[classes, H, W]` logits of image `index` of the batch.
-    pub fn image(&self, index: usize) -> &[f32] {
-        let plane = self.classes * self.height * self.width;
-        let data = self.value.try_extract_tensor::<f32>().map(|(_, d)| d).unwrap_or(&[]);
-        &data[index * plane..(index + 1) * plane]
-    }
-
-    /// Argmax over classes, resized (nearest) to the frame's size.
-    pub fn class_map(&self, index: usize, frame_width: u32, frame_height: u32) -> Result<ClassMap, InferError> {
-        let small = argmax(self.image(index), self.classes, self.width, self.height);
-        resize_class_map(&small, frame_width, frame_height)
-    }
-}
-
-/// Per-pixel argmax of `[classes, H, W]` logits; ties go to the lower class id.
-pub fn argmax(logits: &[f32], classes: usize, width: usize, height: usize) -> ClassMap {
-    let plane = width * height;
-    let mut best = logits[..plane].to_vec();
-    let mut ids = vec![0u8; plane];
-    for c in 1..classes {
-        let row = &logits[c * plane..(c + 1) * plane];
-        for ((b, id), &v) in best.iter_mut().zip(ids.iter_mut()).zip(row) {
-            if v > *b {
-                *b = v;
-                *id = c as u8;
-            }
-        }
-    }
-    ClassMap { width: width as u32, height: height as u32, classes: ids }
-}
-
-/// Nearest-neighbour resize so that class ids are never blended into non-existent classes.
-pub fn resize_class_map(map: &ClassMap, width: u32, height: u32) -> Result<ClassMap, InferError> {
-    if map.width == width && map.height == height {
-        return Ok(map.clone());
-    }
-    let src = Mat::new_rows_cols_with_data(map.height as i32, map.width as i32, &map.classes).map_err(image_err("class map view"))?;
-    let mut dst = Mat::default();
-    opencv::imgproc::resize(&src, &mut dst, Size::new(width as i32, height as i32), 0.0, 0.0, opencv::imgproc::INTER_NEAREST)
-        .map_err(image_err("class map resize"))?;
-    let classes = dst.data_bytes().map_err(image_err("class map read"))?.to_vec();
-    Ok(ClassMap { width, height, classes })
-}
-
-/// Resizes a BGR frame to the model's input and writes the normalised planar tensor
-/// (`(pixel / scale - mean) / std`, channel order as the manifest says) into `out`.
-pub fn preprocess(bgr: &[u8], width: u32, height: u32, manifest: &ModelManifest, out: &mut [f32]) -> Result<(), InferError> {
-    let (tw, th) = (manifest.input.width, manifest.input.height);
-    let plane = (tw * th) as usize;
-    if out.len() != 3 * plane {
-        return Err(InferError::Image { step: "preprocess", message: format!("output buffer of {} values for {tw}x{th}", out.len()) });
-    }
-    let resized;
-    let pixels: &[u8] = if (width, height) == (tw, th) {
-        bgr
-    } else {
-        let src =
-            Mat::new_rows_cols_with_bytes::<opencv::core::Vec3b>(height as i32, width as i32, bgr).map_err(image_err("frame view"))?;
-        let mut dst = Mat::default();
-        opencv::imgproc::resize(&src, &mut dst, Size::new(tw as i32, th as i32), 0.0, 0.0, opencv::imgproc::INTER_LINEAR)
-            .map_err(image_err("frame resize"))?;
-        resized = dst;
-        resized.data_bytes().map_err(image_err("frame read"))?
-    };
-    let input = &manifest.input;
-    for c in 0..3 {
-        // BGR source: RGB channel c is source channel 2 - c.
-        let src_channel = match input.color {
-            ColorOrder::Rgb => 2 - c,
-            ColorOrder::Bgr => c,
-        };
-        let gain = 1.0 / (input.scale * input.std[c]);
-        let offset = -input.mean[c] / input.std[c];
-        let dst = &mut out[c * plane..(c + 1) * plane];
-        for (o, px) in dst.iter_mut().zip(pixels.chunks_exact(3)) {
-            *o = px[src_channel] as f32 * gain + offset;
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use manifest::{InputSpec, Layout, OutputSpec};
-
-    fn manifest(w: u32, h: u32, color: ColorOrder) -> ModelManifest {
-        ModelManifest {
-            name: "t".into(),
-            onnx: "t.onnx".into(),
-            gflops: 0.0,
-            input: InputSpec {
-                name: "input".into(),
-                width: w,
-                height: h,
-                layout: Layout::Nchw,
-                color,
-                scale: 255.0,
-                mean: [0.485, 0.456, 0.406],
-                std: [0.229, 0.224, 0.225],
-            },
-            output: OutputSpec { name: "logits".into(), layout: Layout::Nchw, classes: vec!["a".into(), "b".into()] },
-            path: "t.toml".into(),
-        }
-    }
-
-    #[test]
-    fn known_pixel_gives_expected_normalised_value() {
-        // One BGR pixel: blue 10, green 128, red 255.
-        let bgr = [10u8, 128, 255];
-        let mut out = vec![0.0; 3];
-        preprocess(&bgr, 1, 1, &manifest(1, 1, ColorOrder::Rgb), &mut out).unwrap();
-        let expect = [(255.0 / 255.0 - 0.485) / 0.229, (128.0 / 255.0 - 0.456) / 0.224, (10.0 / 255.0 - 0.406) / 0.225];
-        for (o, e) in out.iter().zip(expect) {
-            assert!((o - e).abs() < 1e-5, "{o} vs {e}");
-        }
-        preprocess(&bgr, 1, 1, &manifest(1, 1, ColorOrder::Bgr), &mut out).unwrap();
-        assert!((out[0] - (10.0 / 255.0 - 0.485) / 0.229).abs() < 1e-5);
-    }
-
-    #[test]
-    fn preprocessing_resizes_to_model_size_and_is_planar() {
-        // A 4x2 frame, left half red, right half blue, resized to 2x1.
-        let mut bgr = Vec::new();
-        for _row in 0..2 {
-            for x in 0..4 {
-                bgr.extend_from_slice(if x < 2 { &[0, 0, 255] } else { &[255, 0, 0] });
-            }
-        }
-        let mut out = vec![0.0; 6];
-        preprocess(&bgr, 4, 2, &manifest(2, 1, ColorOrder::Rgb), &mut out).unwrap();
-        let red = |v: f32| v * 0.229 + 0.485;
-        assert!((red(out[0]) - 1.0).abs() < 1e-4 && red(out[1]).abs() < 1e-4, "{out:?}");
-        let blue = |v: f32| v * 0.225 + 0.406;
-        assert!(blue(out[4]).abs() < 1e-4 && (blue(out[5]) - 1.0).abs() < 1e-4, "{out:?}");
-    }
-
-    #[test]
-    fn argmax_picks_highest_class_and_lowest_on_ties() {
-        // 2 classes, 3 pixels.
-        let logits = [1.0, 5.0, 2.0, /* class 1 */ 3.0, 1.0, 2.0];
-        let map = argmax(&logits, 2, 3, 1);
-        assert_eq!(map.classes, vec![1, 0, 0]);
-    }
-
-    #[test]
-    fn argmax_matches_a_per_pixel_scan() {
-        let (classes, width, height) = (5, 37, 61);
-        let plane = width * height;
-        let logits: Vec<f32> = (0..classes * plane).map(|i| ((i * 7919) % 1000) as f32).collect();
-        let map = argmax(&logits, classes, width, height);
-        for p in 0..plane {
-            let expected = (0..classes).fold(0, |best, c| if logits[c * plane + p] > logits[best * plane + p] { c } else { best });
-            assert_eq!(map.classes[p] as usize, expected, "pixel {p}");
-        }
-    }
-
-    #[test]
-    fn class_map_resize_is_nearest() {
-        let map = ClassMap { width: 2, height: 1, classes: vec![3, 7] };
-        let big = resize_class_map(&map, 4, 2).unwrap();
-        assert_eq!(big.classes, vec![3, 3, 7, 7, 3, 3, 7, 7]);
-        assert!(big.classes.iter().all(|c| [3, 7].contains(c)));
-    }
 }

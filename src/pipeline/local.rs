@@ -5,45 +5,59 @@ use std::time::Instant;
 
 use super::PipelineError;
 use crate::frame::{Job, MaskSource, Segmented};
-use crate::infer::{Logits, Model, ModelManifest};
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::infer::{InferError, InputBuffer, Model, ModelManifest, NetworkOutput, Placement};
 
 pub(super) struct Prepared {
     job: Job,
-    tensor: Vec<f32>,
+    input: InputBuffer,
+    placement: Placement,
 }
 
 pub(super) struct Inferred {
     job: Job,
-    logits: Logits,
+    output: NetworkOutput,
+    placement: Placement,
+}
+
+/// Input tensors go back from the infer stage to be refilled, so frames allocate none.
+pub(super) fn spare_inputs(capacity: usize) -> (Sender<InputBuffer>, Receiver<InputBuffer>) {
+    crossbeam_channel::bounded(capacity + 2)
 }
 
 fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0
 }
 
-pub(super) fn preprocess(manifest: ModelManifest) -> impl FnMut(Job) -> Result<Prepared, PipelineError> + Send + 'static {
+pub(super) fn preprocess(
+    manifest: ModelManifest,
+    spare: Receiver<InputBuffer>,
+) -> impl FnMut(Job) -> Result<Prepared, PipelineError> + Send + 'static {
     move |mut job| {
         let t = Instant::now();
-        let mut tensor = vec![0f32; manifest.input_len()];
-        crate::infer::preprocess(&job.frame.bgr, job.frame.width, job.frame.height, &manifest, &mut tensor)?;
+        let mut input = spare.try_recv().unwrap_or_else(|_| InputBuffer::new(&manifest, 1));
+        let image = input.image_mut(0).ok_or_else(|| InferError::Image { step: "preprocess", message: "empty input buffer".into() })?;
+        let placement = crate::infer::preprocess(&job.frame.bgr, job.frame.width, job.frame.height, &manifest, image)?;
         job.latency_ms.insert("preprocess", ms_since(t));
-        Ok(Prepared { job, tensor })
+        Ok(Prepared { job, input, placement })
     }
 }
 
-pub(super) fn infer(mut model: Model) -> impl FnMut(Prepared) -> Result<Inferred, PipelineError> + Send + 'static {
-    move |Prepared { mut job, tensor }| {
+pub(super) fn infer(mut model: Model, spare: Sender<InputBuffer>) -> impl FnMut(Prepared) -> Result<Inferred, PipelineError> + Send + 'static {
+    move |Prepared { mut job, input, placement }| {
         let t = Instant::now();
-        let logits = model.run(&tensor, 1)?;
+        let output = model.run(&input)?;
+        let _ = spare.try_send(input);
         job.latency_ms.insert("infer", ms_since(t));
-        Ok(Inferred { job, logits })
+        Ok(Inferred { job, output, placement })
     }
 }
 
 pub(super) fn postprocess() -> impl FnMut(Inferred) -> Result<Segmented, PipelineError> + Send + 'static {
-    |Inferred { mut job, logits }| {
+    |Inferred { mut job, output, placement }| {
         let t = Instant::now();
-        let map = logits.class_map(0, job.frame.width, job.frame.height)?;
+        let map = output.class_map(0, &placement)?;
         job.latency_ms.insert("postprocess", ms_since(t));
         let source = match job.fallback.take() {
             Some(reason) => MaskSource::Fallback { reason },

@@ -124,8 +124,9 @@ pub fn run_observed(config: &EdgeConfig, shutdown: &Shutdown, observers: Vec<Box
     let policy = Box::new(RoutingPolicy::new(&config.remote));
     stages.spawn("decision", decision_stage(ingest.frames.clone(), policy, signals, local_tx, remote_tx));
     drop(ingest.frames);
-    stages.spawn("preprocess", map_stage(local_rx, prepared_tx, errors.clone(), local::preprocess(manifest)));
-    stages.spawn("infer", map_stage(prepared_rx, inferred_tx, errors.clone(), local::infer(model)));
+    let (spare_tx, spare_rx) = local::spare_inputs(cap);
+    stages.spawn("preprocess", map_stage(local_rx, prepared_tx, errors.clone(), local::preprocess(manifest, spare_rx)));
+    stages.spawn("infer", map_stage(prepared_rx, inferred_tx, errors.clone(), local::infer(model, spare_tx)));
     stages.spawn("postprocess", map_stage(inferred_rx, segmented_tx, errors.clone(), local::postprocess()));
     let sink_thread =
         std::thread::Builder::new().name("sink".into()).spawn(move || sink.run(segmented_rx)).expect("spawning the sink thread");

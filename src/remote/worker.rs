@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 use super::batching::{Batch, BatchFormer};
 use super::proto::{self, ErrorCode, Limits, MaskResult, Request, Response, ResponseBody};
 use crate::config::WorkerConfig;
-use crate::infer::{ClassMap, InferError, Model};
+use crate::infer::{ClassMap, InferError, InputBuffer, Model, Placement};
 use crate::shutdown::Shutdown;
 
 /// Longest a shutting-down worker waits for the frames in flight; the edge's deadline is
@@ -80,9 +80,8 @@ pub struct WorkerStatus {
 
 /// A preprocessed request waiting for its batch.
 struct Queued {
-    tensor: Vec<f32>,
-    width: u32,
-    height: u32,
+    input: InputBuffer,
+    placement: Placement,
     enqueued: Instant,
     deadline: Instant,
     reply: oneshot::Sender<Result<MaskResult, (ErrorCode, String)>>,
@@ -338,20 +337,21 @@ impl Server {
         };
         let (width, height) = (request.width, request.height);
         let manifest = queue.manifest.clone();
-        let prepared = tokio::task::spawn_blocking(move || -> Result<Vec<f32>, String> {
+        let prepared = tokio::task::spawn_blocking(move || -> Result<(InputBuffer, Placement), String> {
             let bgr = super::image::decode(&request.image, width, height, request.encoding).map_err(|e| e.to_string())?;
-            let mut tensor = vec![0f32; manifest.input_len()];
-            crate::infer::preprocess(&bgr, width, height, &manifest, &mut tensor).map_err(|e| e.to_string())?;
-            Ok(tensor)
+            let mut input = InputBuffer::new(&manifest, 1);
+            let image = input.image_mut(0).ok_or("empty input buffer")?;
+            let placement = crate::infer::preprocess(&bgr, width, height, &manifest, image).map_err(|e| e.to_string())?;
+            Ok((input, placement))
         })
         .await;
-        let tensor = match prepared {
-            Ok(Ok(t)) => t,
+        let (input, placement) = match prepared {
+            Ok(Ok(prepared)) => prepared,
             Ok(Err(message)) => return ResponseBody::Error { code: ErrorCode::BadRequest, message },
             Err(e) => return ResponseBody::Error { code: ErrorCode::Internal, message: e.to_string() },
         };
         let (reply, answer) = oneshot::channel();
-        let item = Queued { tensor, width, height, enqueued: Instant::now(), deadline, reply };
+        let item = Queued { input, placement, enqueued: Instant::now(), deadline, reply };
         match queue.tx.try_send(item) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
@@ -382,8 +382,7 @@ fn shutting_down() -> ResponseBody {
 /// their deadline are answered "deadline exceeded" without being computed: the edge has used
 /// its local result. Ends when the queue closes (the worker shut down), after what it held.
 fn batch_loop(mut model: Model, rx: Receiver<Queued>, max_batch: usize, max_wait: Duration, stats: &WorkerStats) {
-    let input_len = model.manifest.input_len();
-    let mut input = Vec::with_capacity(max_batch * input_len);
+    let mut input = InputBuffer::new(&model.manifest, max_batch);
     let mut former = BatchFormer::new(max_batch, max_wait);
     loop {
         let received = match former.due() {
@@ -411,25 +410,22 @@ fn batch_loop(mut model: Model, rx: Receiver<Queued>, max_batch: usize, max_wait
             continue;
         }
         input.clear();
-        for q in &live {
-            input.extend_from_slice(&q.tensor);
-        }
         let started = Instant::now();
-        let result = model.run(&input, live.len());
+        let result = live.iter().try_for_each(|q| input.append(&q.input)).and_then(|()| model.run(&input));
         let inference_us = started.elapsed().as_micros() as u32;
         *stats.batch_sizes.lock().expect("stats lock").entry(live.len()).or_default() += 1;
         match result {
-            Ok(logits) => {
+            Ok(output) => {
                 for (i, q) in live.into_iter().enumerate() {
-                    let answer = logits
-                        .class_map(i, q.width, q.height)
+                    let answer = output
+                        .class_map(i, &q.placement)
                         .map(|ClassMap { width, height, classes }| MaskResult {
                             width,
                             height,
                             class_map: classes,
                             queue_us: started.duration_since(q.enqueued).as_micros() as u32,
                             inference_us,
-                            batch_size: logits.batch() as u16,
+                            batch_size: output.batch() as u16,
                         })
                         .map_err(|e| (ErrorCode::Internal, e.to_string()));
                     let _ = q.reply.send(answer);

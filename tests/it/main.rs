@@ -5,4 +5,5 @@
 
 mod common;
 mod local;
+mod real_models;
 mod remote;

@@ -50,6 +50,8 @@ fn free_udp_port() -> u16 {
 
 struct WorkerSettings {
     listen: String,
+    /// Manifest served as "large".
+    manifest: PathBuf,
     max_batch: usize,
     max_wait_ms: u64,
     max_message_mib: usize,
@@ -57,11 +59,17 @@ struct WorkerSettings {
 
 impl Default for WorkerSettings {
     fn default() -> Self {
-        WorkerSettings { listen: "127.0.0.1:0".into(), max_batch: 4, max_wait_ms: 5, max_message_mib: 16 }
+        WorkerSettings {
+            listen: "127.0.0.1:0".into(),
+            manifest: common::fixtures().join("models/large.toml"),
+            max_batch: 4,
+            max_wait_ms: 5,
+            max_message_mib: 16,
+        }
     }
 }
 
-/// Writes `dir/worker.toml` serving models/large.toml as "large" and starts the worker in-process.
+/// Writes `dir/worker.toml` serving the settings' manifest as "large" and starts the worker in-process.
 fn start_worker(dir: &Path, pki: &GeneratedPki, settings: &WorkerSettings) -> Worker {
     let path = write_worker_config(dir, pki, settings);
     let config = WorkerConfig::load(&path, &[]).expect("loading worker.toml");
@@ -69,7 +77,6 @@ fn start_worker(dir: &Path, pki: &GeneratedPki, settings: &WorkerSettings) -> Wo
 }
 
 fn write_worker_config(dir: &Path, pki: &GeneratedPki, settings: &WorkerSettings) -> PathBuf {
-    let root = common::fixtures();
     let text = format!(
         r#"
 listen = "{listen}"
@@ -86,7 +93,7 @@ key = "{key}"
 "#,
         listen = settings.listen,
         max_message_mib = settings.max_message_mib,
-        manifest = root.join("models/large.toml").display(),
+        manifest = settings.manifest.display(),
         max_batch = settings.max_batch,
         max_wait_ms = settings.max_wait_ms,
         ca = pki.worker.ca_cert.display(),
@@ -189,6 +196,45 @@ fn all_frames_remote_return_in_order() {
         assert!(r["source"]["worker"].is_string(), "remote record without worker: {r}");
     }
     assert_eq!(answered, common::SHORT_VIDEO_FRAMES as u64);
+}
+
+/// The real networks end to end (assets in `$EDGESEG_ASSETS`): the edge runs the real small
+/// network, every frame goes as JPEG to a worker serving the real large network (uint8 NHWC
+/// input, pad fit, int64 class-map output), and the people walking in vtest.avi come back as
+/// person at frame size.
+#[test]
+fn real_large_network_segments_people_over_the_remote_path() {
+    let _machine = common::whole_machine();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dev_pki(&dir.path().join("pki"));
+    let root = common::fixtures();
+    let settings = WorkerSettings { manifest: root.join("models/deeplab-large-fp32.toml"), ..Default::default() };
+    let worker = start_worker(dir.path(), &pki, &settings);
+    let remote = remote_section(worker.local_addr, edge_identity(&pki), "deadline_ms = 60000");
+    let video = edgeseg::infer::manifest::assets_dir().join("videos/vtest.avi");
+    let config = common::edge_config(dir.path(), &video, &remote);
+    const FRAMES: usize = 6;
+    let pipeline = dir.path().join("first_frames.pipeline");
+    std::fs::write(
+        &pipeline,
+        format!("filesrc location=\"${{location}}\" ! decodebin ! videoconvert ! video/x-raw,format=BGR ! identity eos-after={FRAMES} ! appsink name=sink\n"),
+    )
+    .unwrap();
+    let overrides =
+        [format!("model.manifest={}", root.join("models/deeplab-small.toml").display()), format!("ingest.pipeline={}", pipeline.display())];
+
+    let (outcome, records) = run_in_process(&config, &overrides);
+    worker.shutdown();
+
+    assert!(outcome.error.is_none(), "run failed: {:?}", outcome.error);
+    assert_complete_and_in_order(&records, FRAMES);
+    assert_all_kind(&records, "remote");
+    for r in &records {
+        assert_eq!((r["width"].as_u64(), r["height"].as_u64()), (Some(768), Some(576)));
+        let person = r["classes"].as_array().unwrap().iter().find(|c| c["name"] == "person").and_then(|c| c["fraction"].as_f64());
+        // About a dozen walkers, each a few hundred pixels of the 768x576 frame.
+        assert!(person.is_some_and(|p| p > 0.003), "no person found in frame {}: {}", r["seq"], r["classes"]);
+    }
 }
 
 /// `[remote]` keys for the restart tests: a short deadline and quick reconnection attempts.
