@@ -148,6 +148,13 @@ impl Model {
         let value = outputs.remove(&self.manifest.output.name).ok_or_else(|| run_err("output missing".into()))?;
         Logits::new(value, batch, self.manifest.output.classes.len()).map_err(run_err)
     }
+
+    /// One frame end to end: preprocess, run, class map at frame size.
+    pub fn segment(&mut self, bgr: &[u8], width: u32, height: u32) -> Result<ClassMap, InferError> {
+        let mut input = vec![0f32; self.manifest.input_len()];
+        preprocess(bgr, width, height, &self.manifest, &mut input)?;
+        self.run(&input, 1)?.class_map(0, width, height)
+    }
 }
 
 /// Compares the graph's real input/output with the manifest; returns the largest batch size.
