@@ -3,10 +3,12 @@
 //! Modules follow one frame through the system: [`ingest`] (GStreamer → frames), [`control`]
 //! (local or remote), [`infer`] (ONNX Runtime, pre/post-processing), [`remote`] (QUIC to the
 //! large network), [`sink`] (records, masks, overlay). [`pipeline`] wires the stages together;
-//! [`metrics`] holds what they measure; [`config`] loads and checks the settings.
+//! [`metrics`] holds what they measure; [`config`] loads and checks the settings; [`eval`]
+//! measures the networks offline on labelled sets.
 pub mod bench;
 pub mod config;
 pub mod control;
+pub mod eval;
 pub mod infer;
 pub mod ingest;
 pub mod metrics;
