@@ -1,5 +1,6 @@
 //! The `edgeseg` binary: the edge service (`run`), the remote worker (`worker`), development
-//! certificates (`certs`) and benchmarks (`bench`). Errors reach the user here, through anyhow.
+//! certificates (`certs`), benchmarks (`bench`) and offline evaluation (`eval`). Errors reach the
+//! user here, through anyhow.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use edgeseg::config::{EdgeConfig, WorkerConfig};
+use edgeseg::config::{EdgeConfig, Optimization, SessionConfig, WorkerConfig};
 use edgeseg::pipeline::RunSummary;
 
 #[derive(Parser)]
@@ -94,6 +95,46 @@ enum Command {
         #[command(subcommand)]
         which: BenchCommand,
     },
+    /// Offline evaluation on labelled image sets.
+    Eval {
+        #[command(subcommand)]
+        which: EvalCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum EvalCommand {
+    /// One network on a VOC-layout folder: mIoU, per-class IoU, pixel accuracy, per-image IoU, ms per image.
+    Segment(SegmentArgs),
+}
+
+#[derive(clap::Args)]
+struct SegmentArgs {
+    /// Model manifest (models/*.toml).
+    #[arg(long)]
+    model: PathBuf,
+    /// Folder in VOC layout: JPEGImages/<id>.jpg, SegmentationClass/<id>.png (palette masks, 255 = void).
+    #[arg(long)]
+    data: PathBuf,
+    /// Image ids to evaluate, one per line (relative paths are also looked up inside --data);
+    /// without it, every image that has a mask.
+    #[arg(long)]
+    list: Option<PathBuf>,
+    /// Folder for metrics.json, per_image.csv and report.md.
+    #[arg(long, default_value = "out/eval")]
+    out: PathBuf,
+    /// Skip corrupt or mismatched images (counted and listed in the report) instead of stopping.
+    #[arg(long)]
+    skip_bad: bool,
+    /// Evaluate only the first N images.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// ONNX Runtime intra-op threads for the network (1 matches the reference figures).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Threads decoding images and masks while the network runs.
+    #[arg(long, default_value_t = 2)]
+    decode_threads: usize,
 }
 
 #[derive(Subcommand)]
@@ -234,5 +275,30 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Eval { which: EvalCommand::Segment(args) } => eval_segment(&args),
     }
+}
+
+fn eval_segment(args: &SegmentArgs) -> anyhow::Result<ExitCode> {
+    use edgeseg::eval;
+    let session =
+        SessionConfig { manifest: args.model.clone(), intra_threads: args.threads, inter_threads: 1, optimization: Optimization::All };
+    let mut model = edgeseg::infer::Model::load(&session)?;
+    let classes = model.manifest.output.classes.len();
+    let dataset = eval::Dataset::open(&args.data, args.list.as_deref(), classes)?;
+    let options =
+        eval::EvalOptions { skip_bad: args.skip_bad, limit: args.limit, decode_threads: args.decode_threads, ..Default::default() };
+    let mut progress = eval::ProgressObserver::new(&model.manifest.name);
+    let result = eval::evaluate(&mut model, &dataset, &options, &mut progress)?;
+    let written = result.write(&args.out)?;
+    let summary = result.summary();
+    println!("eval segment: {} on {}", summary.model, summary.data.display());
+    for line in summary.headline() {
+        println!("  {line}");
+    }
+    for skipped in &summary.skipped_images {
+        println!("  skipped {}: {}", skipped.id, skipped.error);
+    }
+    println!("  wrote {}, {}, {}", written.metrics.display(), written.per_image.display(), written.report.display());
+    Ok(ExitCode::SUCCESS)
 }
