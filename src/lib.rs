@@ -5,10 +5,11 @@
 //! large network), [`sink`] (records, masks, overlay). What travels between them is defined in
 //! [`frame`]; [`pipeline`] wires the stages together and nothing imports it. [`metrics`] holds
 //! what the stages measure, [`shutdown`] how they are asked to stop, [`config`] the settings,
-//! loaded and checked once.
+//! loaded and checked once. [`eval`] measures the networks offline on labelled sets.
 pub mod bench;
 pub mod config;
 pub mod control;
+pub mod eval;
 pub mod frame;
 pub mod gst_support;
 pub mod infer;

@@ -1,12 +1,13 @@
 //! The `edgeseg` binary: the edge service (`run`), the remote worker (`worker`), development
-//! certificates (`certs`) and benchmarks (`bench`). Errors reach the user here, through anyhow.
+//! certificates (`certs`), benchmarks (`bench`) and offline evaluation (`eval`). Errors reach the
+//! user here, through anyhow.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use edgeseg::config::{EdgeConfig, WorkerConfig};
+use edgeseg::config::{Count, EdgeConfig, SessionConfig, WorkerConfig};
 use edgeseg::pipeline::RunSummary;
 use edgeseg::shutdown::Shutdown;
 
@@ -98,6 +99,46 @@ enum Command {
         #[command(subcommand)]
         which: BenchCommand,
     },
+    /// Offline evaluation on labelled image sets.
+    Eval {
+        #[command(subcommand)]
+        which: EvalCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum EvalCommand {
+    /// One network on a VOC-layout folder: mIoU, per-class IoU, pixel accuracy, per-image IoU, ms per image.
+    Segment(SegmentArgs),
+}
+
+#[derive(clap::Args)]
+struct SegmentArgs {
+    /// Model manifest (models/*.toml).
+    #[arg(long)]
+    model: PathBuf,
+    /// Folder in VOC layout: JPEGImages/<id>.jpg, SegmentationClass/<id>.png (palette masks, 255 = void).
+    #[arg(long)]
+    data: PathBuf,
+    /// Image ids to evaluate, one per line (relative paths are also looked up inside --data);
+    /// without it, every image that has a mask.
+    #[arg(long)]
+    list: Option<PathBuf>,
+    /// Folder for metrics.json, per_image.csv and report.md.
+    #[arg(long, default_value = "out/eval")]
+    out: PathBuf,
+    /// Skip corrupt or mismatched images (counted and listed in the report) instead of stopping.
+    #[arg(long)]
+    skip_bad: bool,
+    /// Evaluate only the first N images.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// ONNX Runtime intra-op threads for the network (1 matches the reference figures).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Threads decoding images and masks while the network runs.
+    #[arg(long, default_value_t = 2)]
+    decode_threads: usize,
 }
 
 #[derive(Subcommand)]
@@ -252,11 +293,7 @@ fn models_info(path: &std::path::Path, bench: Option<usize>, threads: usize, fra
     }
     if let Some(frames) = bench {
         let (width, height) = edgeseg::bench::parse_size(frame)?;
-        let settings = edgeseg::config::SessionConfig {
-            manifest: path.to_path_buf(),
-            intra_threads: edgeseg::config::Count::new(threads).context("--threads must be within 1..=64")?,
-            ..Default::default()
-        };
+        let settings = offline_session(path, threads)?;
         let t = edgeseg::bench::model(&settings, frames, width, height)?;
         println!(
             "  bench ({threads} intra-op thread(s), batch 1, median of {frames}): network {:.1} ms, segment a {width}x{height} frame {:.1} ms",
@@ -328,5 +365,36 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Eval { which: EvalCommand::Segment(args) } => eval_segment(&args),
     }
+}
+
+/// Session settings for the offline commands (models info --bench, eval): `--threads` intra-op
+/// threads, the rest as a config file's defaults.
+fn offline_session(manifest: &std::path::Path, threads: usize) -> anyhow::Result<SessionConfig> {
+    let intra_threads = Count::new(threads).with_context(|| format!("--threads {threads} is outside 1..=64"))?;
+    Ok(SessionConfig { manifest: manifest.to_path_buf(), intra_threads, ..Default::default() })
+}
+
+fn eval_segment(args: &SegmentArgs) -> anyhow::Result<ExitCode> {
+    use edgeseg::eval;
+    let session = offline_session(&args.model, args.threads)?;
+    let mut model = edgeseg::infer::Model::load(&session)?;
+    let classes = model.manifest.output.classes.len();
+    let dataset = eval::Dataset::open(&args.data, args.list.as_deref(), classes)?;
+    let options =
+        eval::EvalOptions { skip_bad: args.skip_bad, limit: args.limit, decode_threads: args.decode_threads, ..Default::default() };
+    let mut progress = eval::ProgressObserver::new(&model.manifest.name);
+    let result = eval::evaluate(&mut model, &dataset, &options, &mut progress)?;
+    let written = result.write(&args.out)?;
+    let summary = result.summary();
+    println!("eval segment: {} on {}", summary.model, summary.data.display());
+    for line in summary.headline() {
+        println!("  {line}");
+    }
+    for skipped in &summary.skipped_images {
+        println!("  skipped {}: {}", skipped.id, skipped.error);
+    }
+    println!("  wrote {}, {}, {}", written.metrics.display(), written.per_image.display(), written.report.display());
+    Ok(ExitCode::SUCCESS)
 }

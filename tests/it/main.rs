@@ -4,6 +4,7 @@
 //! code in `src/`.
 
 mod common;
+mod eval_segment;
 mod local;
 mod real_models;
 mod remote;
