@@ -494,10 +494,17 @@ fn remove_stale_namespaces() {
         else {
             continue;
         };
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        if !process_alive(pid) {
             let _ = ip(&["netns", "del", &name]);
         }
     }
+}
+
+/// A zombie (killed, not yet reaped) still holds its pid but will never delete its namespaces.
+fn process_alive(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The state follows the command name, which is in parentheses and may contain anything.
+    stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
 }
 
 /// Opens a TUN device (IP packets, no extra header) inside `namespace`. The device lives in the
@@ -771,6 +778,12 @@ mod tests {
             d.in_flight.iter().enumerate().map(|(i, (t, _))| *t - (t0 + Duration::from_micros(i as u64 * 100))).collect();
         assert!(delays.iter().all(|d| *d >= Duration::from_millis(5) && *d <= Duration::from_millis(15)), "{delays:?}");
         assert!(delays.iter().any(|d| *d != delays[0]), "the delay varies");
+    }
+
+    #[test]
+    fn this_process_is_alive_and_a_missing_one_is_not() {
+        assert!(process_alive(std::process::id()));
+        assert!(!process_alive(u32::MAX));
     }
 
     #[test]
