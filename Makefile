@@ -2,7 +2,7 @@
 # make test: set up, build, and run every test.
 CARGO ?= cargo
 
-.PHONY: setup build demo test bench bench-pipeline bench-transport fuzz clean
+.PHONY: setup build demo test bench bench-pipeline bench-transport bench-link fuzz clean
 
 setup:
 	scripts/setup
@@ -26,6 +26,10 @@ bench-pipeline: build
 
 bench-transport: build
 	target/release/edgeseg bench transport
+
+# Across an emulated impaired link between two network namespaces (needs root; README "Impaired links").
+bench-link: build
+	target/release/edgeseg bench transport --link delay=10ms,loss=1%,rate=20mbit
 
 fuzz:
 	mkdir -p fuzz/corpus/decode

@@ -168,20 +168,25 @@ enum BenchCommand {
         #[command(flatten)]
         edge: EdgeArgs,
     },
-    /// QUIC versus a plain TCP baseline on loopback, same encoded frames.
+    /// QUIC versus a plain TCP baseline on loopback (or an emulated impaired link), same encoded frames.
     Transport {
-        /// Frames per size and transport.
-        #[arg(long, default_value_t = 200)]
-        frames: usize,
-        /// Frame sizes as WIDTHxHEIGHT.
-        #[arg(long, value_delimiter = ',', default_values_t = vec!["160x120".to_string(), "320x240".to_string(), "640x480".to_string(), "1280x720".to_string()])]
-        sizes: Vec<String>,
+        /// Frames per size and transport [default: 200, 100 with --link].
+        #[arg(long)]
+        frames: Option<usize>,
+        /// Frame sizes as WIDTHxHEIGHT [default: 160x120,320x240,640x480,1280x720; 320x240,640x480 with --link].
+        #[arg(long, value_delimiter = ',')]
+        sizes: Option<Vec<String>>,
         /// Requests in flight at once for the throughput part.
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
-        /// Rounds; every size and transport is measured once per round and the medians reported.
-        #[arg(long, default_value_t = 5)]
-        rounds: usize,
+        /// Rounds; every size and transport is measured once per round and the medians reported [default: 5, 3 with --link].
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// Measure across an emulated link between two network namespaces (needs root), e.g.
+        /// delay=10ms,jitter=2ms,loss=1%,rate=20mbit,queue=100KB (delay is one-way; up./down.
+        /// prefixes impair one direction only).
+        #[arg(long, value_name = "SPEC")]
+        link: Option<edgeseg::bench::link::LinkSpec>,
     },
 }
 
@@ -211,7 +216,9 @@ fn shutdown_on_signals() -> anyhow::Result<Shutdown> {
             }
             if let Some(signal) = signals.next() {
                 tracing::warn!("second stop request: exiting at once, outputs may be incomplete");
-                std::process::exit(128 + signal);
+                // _exit, not exit: atexit handlers (ONNX Runtime's, OpenCV's) would run while the
+                // stage threads still use them, and can abort or hang the very exit asked for.
+                unsafe { libc::_exit(128 + signal) };
             }
         })
         .context("starting the signal thread")?;
@@ -359,8 +366,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     let config = edge.load()?;
                     edgeseg::bench::pipeline(&config)?;
                 }
-                BenchCommand::Transport { frames, sizes, concurrency, rounds } => {
-                    edgeseg::bench::transport(frames, &sizes, concurrency, rounds)?;
+                BenchCommand::Transport { frames, sizes, concurrency, rounds, link } => {
+                    edgeseg::bench::transport(&edgeseg::bench::TransportOptions { frames, sizes, concurrency, rounds, link })?;
                 }
             }
             Ok(ExitCode::SUCCESS)

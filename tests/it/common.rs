@@ -109,9 +109,17 @@ pub struct RunResult {
 
 /// Runs the binary; a run that hangs fails the test after two minutes instead of blocking CI.
 pub fn run_edge(args: &[&str]) -> RunResult {
+    let mut command = Command::new(bin());
+    command.args(args);
+    run_command(command)
+}
+
+/// Runs `command` (the binary, maybe behind a wrapper such as `ip netns exec`) like [`run_edge`].
+pub fn run_command(mut command: Command) -> RunResult {
     use std::io::Read;
     use std::process::Stdio;
-    let mut child = Command::new(bin()).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("running edgeseg");
+    let args = format!("{command:?}");
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("running edgeseg");
     let drain = |mut pipe: Box<dyn Read + Send>| {
         std::thread::spawn(move || {
             let mut text = String::new();
@@ -128,7 +136,7 @@ pub fn run_edge(args: &[&str]) -> RunResult {
         }
         if std::time::Instant::now() > deadline {
             let _ = child.kill();
-            panic!("edgeseg {args:?} did not finish within 120 s");
+            panic!("{args} did not finish within 120 s");
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     };

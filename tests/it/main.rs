@@ -5,6 +5,7 @@
 
 mod common;
 mod eval_segment;
+mod impaired_link;
 mod local;
 mod real_models;
 mod remote;
