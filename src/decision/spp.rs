@@ -90,12 +90,15 @@ pub fn spp(features: &[f32], channels: usize, height: usize, width: usize, confi
             for bx in 0..n {
                 let cols = bin_range(bx, n, width);
                 let cells = (rows.len() * cols.len()) as f32;
-                for c in 0..channels {
-                    let map = &features[c * plane..(c + 1) * plane];
-                    let values = rows.clone().flat_map(|y| map[y * width + cols.start..y * width + cols.end].iter().copied());
+                for map in features.chunks_exact(plane) {
+                    // Row slices keep the inner loop contiguous (several times faster than a
+                    // flattened iterator over the bin).
+                    let row_values = rows.clone().map(|y| &map[y * width + cols.start..y * width + cols.end]);
                     out.push(match config.pooling {
-                        Pooling::Max => values.fold(f32::NEG_INFINITY, f32::max),
-                        Pooling::Average => values.sum::<f32>() / cells,
+                        Pooling::Max => {
+                            row_values.map(|r| r.iter().copied().fold(f32::NEG_INFINITY, f32::max)).fold(f32::NEG_INFINITY, f32::max)
+                        }
+                        Pooling::Average => row_values.map(|r| r.iter().sum::<f32>()).sum::<f32>() / cells,
                     });
                 }
             }
