@@ -322,13 +322,15 @@ def splits(datasets):
     ]
 
 
+EXPORTED = {"CamVid across sequences": "camvid_seq", "camvid_train+voc → coco_voc20": "to_coco"}
+
+
 def export_samples(label, folds, out_dir=None):
     """Writes the first fold's training and test samples of the CamVid cross-sequence and COCO
     cross-set splits in the flat format tests/decision_train_real.rs reads (little endian):
     u32 count, u32 spp_len, then per sample spp_len f32 (SPP max, 257 base), 21 f32 per-class IoU
     of the small network, 21 u8 present flags, f32 gain."""
-    names = {"CamVid across sequences": "camvid_seq", "camvid_train+voc → coco_voc20": "to_coco"}
-    key = next((v for k, v in names.items() if label.startswith(k)), None)
+    key = next((v for k, v in EXPORTED.items() if label.startswith(k)), None)
     if key is None or out_dir is None:
         return
     for part, data in zip(("train", "test"), folds[0]):
@@ -343,12 +345,36 @@ def export_samples(label, folds, out_dir=None):
                 f.write(np.array([gain[i]], "<f4").tobytes())
 
 
+def score_rust(datasets, out_dir):
+    """Routing quality of the Rust decision network's scores (rust_scores_<split>.csv)."""
+    print("| split | policy | nAUC (gain oracle / greedy oracle) |")
+    print("|---|---|---:|")
+    for label, folds in splits(datasets):
+        key = next((v for k, v in EXPORTED.items() if label.startswith(k)), None)
+        path = os.path.join(out_dir, f"rust_scores_{key}.csv")
+        if key is None or not os.path.isfile(path):
+            continue
+        test = folds[0][1]
+        routing = Routing(test["conf_small"], test["conf_large"])
+        scores = np.genfromtxt(path, delimiter=",", names=True)
+        if len(scores) != len(test["maxprob"]):
+            sys.exit(f"study_routing: {path} has {len(scores)} rows, the split's test set {len(test['maxprob'])}")
+        rows = [("small maxprob (low first)", -test["maxprob"])] + [(f"decision network, {n} rule", scores[n]) for n in scores.dtype.names]
+        for name, score in rows:
+            print(f"| {label} | {name} | {routing.quality(score):.2f} / {routing.quality(score, greedy=True):.2f} |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--assets", default=os.environ.get("EDGESEG_ASSETS", "../shared/assets"))
     parser.add_argument("--out", default="out/study_routing")
     parser.add_argument("--models", default="models/derived")
     parser.add_argument("--quick", action="store_true", help="ridge only, fewer feature variants")
+    parser.add_argument(
+        "--rust-scores",
+        action="store_true",
+        help="only score the Rust decision network's predictions written by tests/decision_train_real.rs",
+    )
     args = parser.parse_args()
     try:
         import onnxruntime as ort
@@ -373,6 +399,9 @@ def main():
     for name in SETS:
         print(f"study_routing: {name}", file=sys.stderr, flush=True)
         datasets[name] = image_stats(name, args.assets, compute_set(name, args.assets, sessions, args.out), args.out)
+
+    if args.rust_scores:
+        return score_rust(datasets, args.out)
 
     print("## Sets (small: stretch 257; large fp32: pad 513; class maps resized nearest)\n")
     print("| set | images | mIoU small | mIoU large | mean IoU_img small | large | mean gain | corr(maxprob, IoU_img) | corr(maxprob, gain) |")

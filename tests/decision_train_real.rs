@@ -5,7 +5,7 @@
 //!   metrics and training time;
 //! - the cost per frame of the decision head against the encoder and the whole small network.
 //!
-//! They print numbers and assert only that training ran; speed is never asserted.
+//! They print numbers and assert nothing about them; speed is never asserted.
 
 mod common;
 
@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use edgeseg::decision::base::{Encoder, OnnxPart};
+use edgeseg::decision::rule::{remote_score, Rule};
 use edgeseg::decision::train::{evaluate, train};
 use edgeseg::decision::{DecisionNet, NetShape, OptimizerKind, Sample, SppConfig, TrainConfig};
 
@@ -63,34 +64,68 @@ fn train_on_real_spp_vectors_with_both_optimizers() {
             test_set.len(),
             baseline.loss
         );
-        for (optimizer, base_lr) in [
-            (OptimizerKind::AdamW { weight_decay: 0.01 }, 0.001),
-            (OptimizerKind::AdamW { weight_decay: 0.01 }, 0.0001),
-            (OptimizerKind::Sgd { momentum: 0.9 }, 0.001),
-            (OptimizerKind::Sgd { momentum: 0.9 }, 0.01),
+        // What predicting the training set's means would score.
+        let mean_iou: Vec<f32> = (0..21).map(|c| train_set.iter().map(|s| s.class_iou[c]).sum::<f32>() / train_set.len() as f32).collect();
+        let mean_gain = train_set.iter().map(|s| s.gain).sum::<f32>() / train_set.len() as f32;
+        let constant_iou_mse = test_set.iter().flat_map(|s| s.class_iou.iter().zip(&mean_iou).map(|(t, m)| (t - m).powi(2))).sum::<f32>()
+            / (21 * test_set.len()) as f32;
+        let constant_gain_mae = test_set.iter().map(|s| (s.gain - mean_gain).abs()).sum::<f32>() / test_set.len() as f32;
+        println!("  constant (training means): IoU MSE {constant_iou_mse:.4}, gain MAE {constant_gain_mae:.3}");
+        let iterations: usize = std::env::var("DN_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+        for (optimizer, base_lr, dropout) in [
+            (OptimizerKind::AdamW { weight_decay: 0.01 }, 0.001, 0.0),
+            (OptimizerKind::AdamW { weight_decay: 0.01 }, 0.001, 0.5),
+            (OptimizerKind::AdamW { weight_decay: 0.1 }, 0.0003, 0.5),
+            (OptimizerKind::Sgd { momentum: 0.9 }, 0.001, 0.5),
+            (OptimizerKind::Sgd { momentum: 0.9 }, 0.003, 0.5),
         ] {
-            let config =
-                TrainConfig { optimizer, base_lr, max_iterations: 2000, validate_every: 500, progress: false, ..TrainConfig::default() };
+            let config = TrainConfig {
+                optimizer,
+                base_lr,
+                dropout,
+                max_iterations: iterations,
+                validate_every: iterations / 4,
+                progress: false,
+                ..TrainConfig::default()
+            };
             let start = Instant::now();
-            let (_, report) = train(&train_set, &test_set, shape, &config).unwrap();
+            let label = format!("{optimizer:?} lr {base_lr} dropout {dropout}");
+            let report = match train(&train_set, &test_set, shape, &config) {
+                Ok((_, report)) => report,
+                // Plain SGD diverges above a learning rate of about 2 / (hidden units): worth seeing.
+                Err(e) => {
+                    println!("  {label}: {e}");
+                    continue;
+                }
+            };
             let seconds = start.elapsed().as_secs_f64();
             for m in &report.validation {
                 println!(
-                    "  {optimizer:?} lr {base_lr}: it {:>4} train loss {:.4} | val loss {:.4} IoU MSE {:.4} MAE {:.3} | IoU_img MAE {:.3} r {:.2} | gain MAE {:.3} r {:.2}",
+                    "  {label}: it {:>4} | val loss {:.4} IoU MSE {:.4} MAE {:.3} | IoU_img MAE {:.3} r {:.2} | gain MAE {:.3} r {:.2} | presence acc {:.3}",
                     m.iteration,
-                    report.final_train_loss,
                     m.loss,
                     m.class_iou_mse,
                     m.class_iou_mae,
                     m.iou_img_mae,
                     m.iou_img_correlation,
                     m.gain_mae,
-                    m.gain_correlation
+                    m.gain_correlation,
+                    m.presence_accuracy
                 );
             }
-            println!("  {optimizer:?} lr {base_lr}: {} iterations of batch 20 in {seconds:.1} s", config.max_iterations);
-            assert!(report.final_train_loss.is_finite());
+            println!("  {label}: final train loss {:.4}; {iterations} iterations of batch 20 in {seconds:.1} s", report.final_train_loss);
         }
+        // The defaults' remote-first scores on the validation samples, for
+        // `scripts/study_routing.py --rust-scores` to turn into routing quality.
+        let config = TrainConfig { max_iterations: iterations, validate_every: iterations, progress: false, ..TrainConfig::default() };
+        let (net, _) = train(&train_set, &test_set, shape, &config).unwrap();
+        let inputs: Vec<f32> = test_set.iter().flat_map(|s| s.spp.iter().copied()).collect();
+        let mut csv = String::from("thesis,iou_img,gain\n");
+        for p in net.predict_batch(&inputs, test_set.len()).unwrap() {
+            let score = |rule| remote_score(rule, &p, config.presence);
+            csv += &format!("{},{},{}\n", score(Rule::Thesis), score(Rule::PredictedIouImg), score(Rule::Gain));
+        }
+        std::fs::write(dir.join(format!("rust_scores_{split}.csv")), csv).unwrap();
     }
 }
 

@@ -1,15 +1,22 @@
 //! The decision network's head (candle, CPU): SPP vector → standardise → FC `hidden` + ReLU →
 //! FC 21 (shared) → one small perceptron per class (21 → `class_hidden` + ReLU → 1) → sigmoid:
-//! the predicted IoU of the small network for each class. A second output, FC 1 + tanh from
-//! the hidden layer, predicts the gain `IoU_img(large) − IoU_img(small)`, which lies in −1..1.
+//! the predicted IoU of the small network for each class. Two more outputs read the hidden layer:
+//! - the gain `IoU_img(large) − IoU_img(small)` (FC 1, linear: a tanh saturated at ±1 on
+//!   out-of-domain frames during training and never recovered; predictions are clamped to −1..1);
+//! - per-class presence (FC 21 + sigmoid): the probability that a class is in the frame's
+//!   reference labels or the small network's output, i.e. counts in its IoU_img. The IoU heads
+//!   alone cannot say this: a class that is present but missed has target IoU 0 like an absent
+//!   class, and reading presence off the IoU (IoU ≥ 0.1) overestimated IoU_img by 0.3–0.5 on
+//!   real frames (out/study_routing samples, tests/decision_train_real.rs).
 //!
 //! A per-class perceptron (rather than a plain FC 21 → 1 per class, which would only be a
 //! factorised 21 x 21 matrix) gives each class its own non-linear reading of the shared code.
-//! Input standardisation (mean and standard deviation of the training vectors) is part of the
-//! network and stored with its weights, so the raw SPP vector of any base goes in unchanged.
+//! Input standardisation (mean and standard deviation of the training vectors, then clipped to
+//! ±[`INPUT_CLIP`]) is part of the network and stored with its weights, so the raw SPP vector of
+//! any base goes in unchanged.
 //!
-//! Cost per frame for the default sizes (800 → 1024 → 21 → 21x8 → 21, gain 1024 → 1): about
-//! 0.85 M multiply-adds, 0.0017 GFLOPs, ~0.1 % of the small network's 1.45 GFLOPs
+//! Cost per frame for the default sizes (800 → 1024 → 21 → 21x8 → 21, gain 1024 → 1, presence
+//! 1024 → 21): about 0.87 M multiply-adds, 0.0017 GFLOPs, ~0.1 % of the small network's 1.45 GFLOPs
 //! ([`NetShape::flops`]).
 
 use std::collections::HashMap;
@@ -18,6 +25,9 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
 
 use super::DecisionError;
+
+/// Bound on standardised inputs (in standard deviations of the training set).
+pub const INPUT_CLIP: f32 = 4.0;
 
 /// Layer sizes; written to `dn.toml`, and every tensor shape follows from them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +71,8 @@ impl NetShape {
             ("class_heads.out.bias", vec![k]),
             ("gain.weight", vec![1, h]),
             ("gain.bias", vec![1]),
+            ("presence.weight", vec![k, h]),
+            ("presence.bias", vec![k]),
         ]
     }
 
@@ -68,7 +80,7 @@ impl NetShape {
     /// standardisation), to compare with the networks' GFLOPs.
     pub fn flops(&self) -> u64 {
         let (l, h, k, p) = (self.input_len as u64, self.hidden as u64, self.classes as u64, self.class_hidden as u64);
-        let multiply_adds = l * h + h * k + k * p * k + k * p + h;
+        let multiply_adds = l * h + h * k + k * p * k + k * p + h + h * k;
         2 * multiply_adds + 2 * l
     }
 }
@@ -78,8 +90,21 @@ impl NetShape {
 pub struct Prediction {
     /// Predicted IoU of the small network per class (0..1; near 0 for classes the frame lacks).
     pub class_iou: Vec<f32>,
+    /// Predicted probability that each class counts in the frame's IoU_img (present in the
+    /// reference labels or the small network's output).
+    pub class_presence: Vec<f32>,
     /// Predicted `IoU_img(large) − IoU_img(small)` (−1..1).
     pub gain: f32,
+}
+
+/// Network outputs for a batch (tensors, so training can differentiate them).
+pub struct Outputs {
+    /// `[B, classes]`, 0..1.
+    pub class_iou: Tensor,
+    /// `[B, classes]`, 0..1.
+    pub class_presence: Tensor,
+    /// `[B]`, unclamped (the loss sees the raw value; predictions are clamped to −1..1).
+    pub gain: Tensor,
 }
 
 /// SplitMix64: a tiny generator whose sequence is fixed by its seed on every platform and
@@ -144,7 +169,11 @@ impl DecisionNet {
                 _ if name.ends_with(".bias") || name == "input.mean" => vec![0.0; count],
                 _ => {
                     let relu_follows = matches!(name, "hidden.weight" | "class_heads.hidden.weight");
-                    let bound = if relu_follows { (6.0 / fan_in as f64).sqrt() } else { (3.0 / fan_in as f64).sqrt() };
+                    let mut bound = if relu_follows { (6.0 / fan_in as f64).sqrt() } else { (3.0 / fan_in as f64).sqrt() };
+                    if name == "gain.weight" {
+                        // Targets are a few tenths: start near the bias, not at unit scale.
+                        bound *= 0.1;
+                    }
                     (0..count).map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32).collect()
                 }
             };
@@ -202,12 +231,23 @@ impl DecisionNet {
         Ok(())
     }
 
-    /// `[B, input_len]` → (`[B, classes]` predicted IoUs, `[B]` predicted gain).
-    pub fn forward(&self, input: &Tensor) -> Result<(Tensor, Tensor), DecisionError> {
+    /// `[B, input_len]` → outputs.
+    pub fn forward(&self, input: &Tensor) -> Result<Outputs, DecisionError> {
+        self.forward_with_dropout(input, None)
+    }
+
+    /// [`Self::forward`], with the hidden layer multiplied by `hidden_mask` (`[B, hidden]`,
+    /// inverted-dropout scaling already applied) during training.
+    pub(crate) fn forward_with_dropout(&self, input: &Tensor, hidden_mask: Option<&Tensor>) -> Result<Outputs, DecisionError> {
         let (batch, _) = input.dims2()?;
         let (k, p) = (self.shape.classes, self.shape.class_hidden);
-        let x = input.broadcast_sub(self.tensor("input.mean"))?.broadcast_div(self.tensor("input.std"))?;
-        let hidden = linear(&x, self.tensor("hidden.weight"), self.tensor("hidden.bias"))?.relu()?;
+        // Standardised inputs are clipped: frames unlike the training set (another domain)
+        // would otherwise drive the hidden layer far outside anything it was trained on.
+        let x = input.broadcast_sub(self.tensor("input.mean"))?.broadcast_div(self.tensor("input.std"))?.clamp(-INPUT_CLIP, INPUT_CLIP)?;
+        let mut hidden = linear(&x, self.tensor("hidden.weight"), self.tensor("hidden.bias"))?.relu()?;
+        if let Some(mask) = hidden_mask {
+            hidden = (hidden * mask)?;
+        }
         let shared = linear(&hidden, self.tensor("shared.weight"), self.tensor("shared.bias"))?;
         let per_class_weight = self.tensor("class_heads.hidden.weight").reshape((k * p, k))?;
         let per_class_bias = self.tensor("class_heads.hidden.bias").reshape(k * p)?;
@@ -217,8 +257,9 @@ impl DecisionNet {
             .sum(D::Minus1)?
             .broadcast_add(self.tensor("class_heads.out.bias"))?;
         let class_iou = candle_nn::ops::sigmoid(&class_logit)?;
-        let gain = linear(&hidden, self.tensor("gain.weight"), self.tensor("gain.bias"))?.tanh()?.squeeze(1)?;
-        Ok((class_iou, gain))
+        let gain = linear(&hidden, self.tensor("gain.weight"), self.tensor("gain.bias"))?.squeeze(1)?;
+        let class_presence = candle_nn::ops::sigmoid(&linear(&hidden, self.tensor("presence.weight"), self.tensor("presence.bias"))?)?;
+        Ok(Outputs { class_iou, class_presence, gain })
     }
 
     /// Predictions for `count` SPP vectors laid out one after another.
@@ -230,10 +271,16 @@ impl DecisionNet {
             });
         }
         let input = Tensor::from_slice(vectors, (count, self.shape.input_len), &Device::Cpu)?;
-        let (class_iou, gain) = self.forward(&input)?;
-        let class_iou = class_iou.to_vec2::<f32>()?;
-        let gain = gain.to_vec1::<f32>()?;
-        Ok(class_iou.into_iter().zip(gain).map(|(class_iou, gain)| Prediction { class_iou, gain }).collect())
+        let outputs = self.forward(&input)?;
+        let class_iou = outputs.class_iou.to_vec2::<f32>()?;
+        let class_presence = outputs.class_presence.to_vec2::<f32>()?;
+        let gain = outputs.gain.to_vec1::<f32>()?;
+        Ok(class_iou
+            .into_iter()
+            .zip(class_presence)
+            .zip(gain)
+            .map(|((class_iou, class_presence), gain)| Prediction { class_iou, class_presence, gain: gain.clamp(-1.0, 1.0) })
+            .collect())
     }
 
     /// The prediction for one frame's SPP vector.
@@ -263,8 +310,8 @@ mod tests {
         let predictions = net.predict_batch(&vectors, 2).unwrap();
         assert_eq!(predictions.len(), 2);
         for p in &predictions {
-            assert_eq!(p.class_iou.len(), 3);
-            assert!(p.class_iou.iter().all(|v| (0.0..=1.0).contains(v)));
+            assert_eq!((p.class_iou.len(), p.class_presence.len()), (3, 3));
+            assert!(p.class_iou.iter().chain(&p.class_presence).all(|v| (0.0..=1.0).contains(v)));
             assert!((-1.0..=1.0).contains(&p.gain));
         }
         // Batched and single predictions agree.

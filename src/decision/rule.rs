@@ -2,9 +2,10 @@
 //!
 //! - [`Rule::Thesis`]: local if at least one class's predicted IoU exceeds `t` (the thesis's rule).
 //! - [`Rule::PredictedIouImg`]: local if the predicted IoU_img exceeds `t`, IoU_img being the
-//!   mean predicted IoU over the *predicted-present* classes: those whose predicted IoU is at
-//!   least `presence` (the network is trained to predict 0 for classes absent from a frame, so
-//!   a low prediction means "absent" far more often than "present but missed").
+//!   mean predicted IoU over the *predicted-present* classes: those whose predicted presence
+//!   probability is at least `presence` (default 0.5), or, when none is, the single most
+//!   probable class. Presence is its own output of the network because a low predicted IoU
+//!   cannot tell "absent" (not in IoU_img) from "present but missed" (a 0 in IoU_img).
 //! - [`Rule::Gain`]: remote if the predicted gain of the large network exceeds `t`.
 //!
 //! Every rule is also a score ([`remote_score`]): higher means "send remote sooner", and a rule
@@ -23,22 +24,30 @@ pub enum Rule {
     Gain,
 }
 
-/// Default `presence`: a class counts as predicted present from a predicted IoU of 0.1.
-pub const DEFAULT_PRESENCE: f32 = 0.1;
+/// Default `presence`: a class counts as predicted present from a probability of 0.5.
+pub const DEFAULT_PRESENCE: f32 = 0.5;
 
-/// Which classes the prediction says the frame contains (predicted IoU ≥ `presence`).
-pub fn predicted_present(class_iou: &[f32], presence: f32) -> Vec<bool> {
-    class_iou.iter().map(|&v| v >= presence).collect()
+/// Which classes the prediction says count in the frame's IoU_img: presence ≥ `presence`, or
+/// the most probable class when none reaches it (every frame has at least one class).
+pub fn predicted_present(prediction: &Prediction, presence: f32) -> Vec<bool> {
+    let mut present: Vec<bool> = prediction.class_presence.iter().map(|&p| p >= presence).collect();
+    if !present.iter().any(|&p| p) {
+        let most_likely = prediction.class_presence.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(c, _)| c);
+        if let Some(c) = most_likely {
+            present[c] = true;
+        }
+    }
+    present
 }
 
-/// Mean predicted IoU over the predicted-present classes; 0 when no class is predicted present
-/// (nothing the small network is expected to get right, so such a frame should go remote).
-pub fn predicted_iou_img(class_iou: &[f32], presence: f32) -> f32 {
-    let present: Vec<f32> = class_iou.iter().copied().filter(|&v| v >= presence).collect();
-    if present.is_empty() {
+/// Mean predicted IoU over the predicted-present classes.
+pub fn predicted_iou_img(prediction: &Prediction, presence: f32) -> f32 {
+    let present = predicted_present(prediction, presence);
+    let (sum, count) = prediction.class_iou.iter().zip(&present).filter(|(_, &p)| p).fold((0.0, 0usize), |(s, n), (&v, _)| (s + v, n + 1));
+    if count == 0 {
         0.0
     } else {
-        present.iter().sum::<f32>() / present.len() as f32
+        sum / count as f32
     }
 }
 
@@ -47,7 +56,7 @@ pub fn predicted_iou_img(class_iou: &[f32], presence: f32) -> f32 {
 pub fn remote_score(rule: Rule, prediction: &Prediction, presence: f32) -> f32 {
     match rule {
         Rule::Thesis => -prediction.class_iou.iter().copied().fold(0.0, f32::max),
-        Rule::PredictedIouImg => -predicted_iou_img(&prediction.class_iou, presence),
+        Rule::PredictedIouImg => -predicted_iou_img(prediction, presence),
         Rule::Gain => prediction.gain,
     }
 }
@@ -66,7 +75,9 @@ mod tests {
     use super::*;
 
     fn prediction(class_iou: &[f32], gain: f32) -> Prediction {
-        Prediction { class_iou: class_iou.to_vec(), gain }
+        // Present where the IoU is at least 0.1, unless a test says otherwise.
+        let class_presence = class_iou.iter().map(|&v| if v >= 0.1 { 0.9 } else { 0.2 }).collect();
+        Prediction { class_iou: class_iou.to_vec(), class_presence, gain }
     }
 
     #[test]
@@ -79,17 +90,22 @@ mod tests {
 
     #[test]
     fn iou_img_is_the_mean_over_predicted_present_classes() {
-        // 0.9 and 0.5 are present, 0.05 is not: (0.9 + 0.5) / 2 = 0.7.
-        let p = prediction(&[0.9, 0.05, 0.5], 0.0);
-        assert_eq!(predicted_present(&p.class_iou, 0.1), vec![true, false, true]);
-        assert!((predicted_iou_img(&p.class_iou, 0.1) - 0.7).abs() < 1e-6);
-        assert!(!goes_remote(Rule::PredictedIouImg, &p, 0.65, 0.1));
-        assert!(goes_remote(Rule::PredictedIouImg, &p, 0.75, 0.1));
-        // With a lower presence cut the 0.05 class counts and pulls the mean to 0.4833.
-        assert!((predicted_iou_img(&p.class_iou, 0.01) - 1.45 / 3.0).abs() < 1e-6);
-        // Nothing present: IoU_img 0, remote at any threshold ≥ 0.
-        assert_eq!(predicted_iou_img(&[0.01, 0.02], 0.1), 0.0);
-        assert!(goes_remote(Rule::PredictedIouImg, &prediction(&[0.01, 0.02], 0.0), 0.0, 0.1));
+        // Classes 0 and 2 are present (0.9), class 1 is not (0.2): (0.9 + 0.5) / 2 = 0.7.
+        let mut p = prediction(&[0.9, 0.05, 0.5], 0.0);
+        assert_eq!(predicted_present(&p, 0.5), vec![true, false, true]);
+        assert!((predicted_iou_img(&p, 0.5) - 0.7).abs() < 1e-6);
+        assert!(!goes_remote(Rule::PredictedIouImg, &p, 0.65, 0.5));
+        assert!(goes_remote(Rule::PredictedIouImg, &p, 0.75, 0.5));
+        // A class present but predicted to be missed pulls the mean down: (0.9 + 0.05 + 0.5) / 3.
+        p.class_presence[1] = 0.8;
+        assert!((predicted_iou_img(&p, 0.5) - 1.45 / 3.0).abs() < 1e-6);
+        // A lower presence cut lets more classes count.
+        p.class_presence[1] = 0.3;
+        assert_eq!(predicted_present(&p, 0.25), vec![true, true, true]);
+        // Nothing reaches the cut: the most probable class alone.
+        let q = Prediction { class_iou: vec![0.3, 0.6], class_presence: vec![0.1, 0.4], gain: 0.0 };
+        assert_eq!(predicted_present(&q, 0.5), vec![false, true]);
+        assert!((predicted_iou_img(&q, 0.5) - 0.6).abs() < 1e-6);
     }
 
     #[test]
