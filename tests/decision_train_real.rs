@@ -122,7 +122,7 @@ fn train_on_real_spp_vectors_with_both_optimizers() {
         let inputs: Vec<f32> = test_set.iter().flat_map(|s| s.spp.iter().copied()).collect();
         let mut csv = String::from("thesis,iou_img,gain\n");
         for p in net.predict_batch(&inputs, test_set.len()).unwrap() {
-            let score = |rule| remote_score(rule, &p, config.presence);
+            let score = |rule| remote_score(rule, &p, config.presence as f32);
             csv += &format!("{},{},{}\n", score(Rule::Thesis), score(Rule::PredictedIouImg), score(Rule::Gain));
         }
         std::fs::write(dir.join(format!("rust_scores_{split}.csv")), csv).unwrap();

@@ -75,13 +75,13 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Validation metrics every this many iterations (and after the last).
     pub validate_every: usize,
-    pub absent_class_weight: f32,
-    pub gain_weight: f32,
-    pub presence_weight: f32,
+    pub absent_class_weight: f64,
+    pub gain_weight: f64,
+    pub presence_weight: f64,
     /// Dropout probability on the hidden layer while training (0 = none).
-    pub dropout: f32,
+    pub dropout: f64,
     /// Predicted-present cut used for the predicted IoU_img in the validation metrics.
-    pub presence: f32,
+    pub presence: f64,
     /// Show a progress bar (only drawn when stderr is a terminal).
     #[serde(default = "yes", skip_serializing)]
     pub progress: bool,
@@ -105,7 +105,7 @@ impl Default for TrainConfig {
             gain_weight: 1.0,
             presence_weight: 0.1,
             dropout: 0.5,
-            presence: super::rule::DEFAULT_PRESENCE,
+            presence: super::rule::DEFAULT_PRESENCE as f64,
             progress: true,
         }
     }
@@ -128,7 +128,7 @@ impl TrainConfig {
             return invalid(format!("dropout = {} is outside 0..0.95", self.dropout));
         }
         let weights = [self.absent_class_weight, self.gain_weight, self.presence_weight];
-        if !weights.iter().all(|&w| finite_positive(w as f64, true)) {
+        if !weights.iter().all(|&w| finite_positive(w, true)) {
             return invalid(format!(
                 "absent_class_weight = {}, gain_weight = {}, presence_weight = {} must be ≥ 0",
                 self.absent_class_weight, self.gain_weight, self.presence_weight
@@ -190,12 +190,13 @@ struct Batch {
 }
 
 impl Batch {
-    fn new(samples: &[&Sample], absent_class_weight: f32) -> Result<Self, DecisionError> {
+    fn new(samples: &[&Sample], absent_class_weight: f64) -> Result<Self, DecisionError> {
         let n = samples.len();
         let (input_len, classes) = (samples[0].spp.len(), samples[0].class_iou.len());
         let input: Vec<f32> = samples.iter().flat_map(|s| s.spp.iter().copied()).collect();
         let class_iou: Vec<f32> = samples.iter().flat_map(|s| s.class_iou.iter().copied()).collect();
-        let weight: Vec<f32> = samples.iter().flat_map(|s| s.present.iter().map(|&p| if p { 1.0 } else { absent_class_weight })).collect();
+        let weight: Vec<f32> =
+            samples.iter().flat_map(|s| s.present.iter().map(|&p| if p { 1.0 } else { absent_class_weight as f32 })).collect();
         let weight_sum = weight.iter().map(|&w| w as f64).sum::<f64>().max(1e-12);
         let gain: Vec<f32> = samples.iter().map(|s| s.gain).collect();
         let present: Vec<f32> = samples.iter().flat_map(|s| s.present.iter().map(|&p| if p { 1.0 } else { 0.0 })).collect();
@@ -218,18 +219,18 @@ impl Batch {
         let p = outputs.class_presence.clamp(1e-6f32, 1.0 - 1e-6)?;
         let absent = self.present.affine(-1.0, 1.0)?;
         let presence_loss = ((&self.present * p.log()?)? + (absent * p.affine(-1.0, 1.0)?.log()?)?)?.mean_all()?.neg()?;
-        (class_loss + gain_loss.affine(config.gain_weight as f64, 0.0)?)? + presence_loss.affine(config.presence_weight as f64, 0.0)?
+        (class_loss + gain_loss.affine(config.gain_weight, 0.0)?)? + presence_loss.affine(config.presence_weight, 0.0)?
     }
 }
 
 /// Inverted dropout from the seeded generator (candle's own dropout draws from an unseeded
 /// RNG, which would break same seed → same weights).
-fn dropout_mask(rng: &mut SeededRng, rows: usize, hidden: usize, probability: f32) -> Result<Option<Tensor>, DecisionError> {
+fn dropout_mask(rng: &mut SeededRng, rows: usize, hidden: usize, probability: f64) -> Result<Option<Tensor>, DecisionError> {
     if probability <= 0.0 {
         return Ok(None);
     }
-    let keep = 1.0 / (1.0 - probability);
-    let mask: Vec<f32> = (0..rows * hidden).map(|_| if rng.next_f64() < probability as f64 { 0.0 } else { keep }).collect();
+    let keep = (1.0 / (1.0 - probability)) as f32;
+    let mask: Vec<f32> = (0..rows * hidden).map(|_| if rng.next_f64() < probability { 0.0 } else { keep }).collect();
     Ok(Some(Tensor::from_vec(mask, (rows, hidden), &Device::Cpu)?))
 }
 
@@ -367,10 +368,10 @@ pub fn evaluate(net: &DecisionNet, samples: &[Sample], config: &TrainConfig, ite
     let presence_right = samples
         .iter()
         .zip(&predictions)
-        .flat_map(|(s, p)| s.present.iter().zip(&p.class_presence).map(|(&t, &p)| t == (p >= config.presence)))
+        .flat_map(|(s, p)| s.present.iter().zip(&p.class_presence).map(|(&t, &p)| t == (p as f64 >= config.presence)))
         .filter(|&right| right)
         .count();
-    let predicted_img: Vec<f64> = predictions.iter().map(|p| predicted_iou_img(p, config.presence) as f64).collect();
+    let predicted_img: Vec<f64> = predictions.iter().map(|p| predicted_iou_img(p, config.presence as f32) as f64).collect();
     let predicted_gain: Vec<f64> = predictions.iter().map(|p| p.gain as f64).collect();
     let true_img: Vec<f64> = samples.iter().map(|s| s.iou_img() as f64).collect();
     let true_gain: Vec<f64> = samples.iter().map(|s| s.gain as f64).collect();
