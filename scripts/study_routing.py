@@ -28,6 +28,7 @@ small_head.onnx (scripts/split_small.py).
 """
 
 import argparse
+import itertools
 import os
 import sys
 import time
@@ -328,18 +329,19 @@ EXPORTED = {"CamVid across sequences": "camvid_seq", "camvid_train+voc → coco_
 def export_samples(label, folds, out_dir=None):
     """Writes the first fold's training and test samples of the CamVid cross-sequence and COCO
     cross-set splits in the flat format tests/decision_train_real.rs reads (little endian):
-    u32 count, u32 spp_len, then per sample spp_len f32 (SPP max, 257 base), 21 f32 per-class IoU
-    of the small network, 21 u8 present flags, f32 gain."""
+    u32 count, u32 spp_len, then per sample spp_len f32 (SPP of the 257 base: max pooling in
+    samples_<split>_*.bin, average in samples_<split>_avg_*.bin), 21 f32 per-class IoU of the
+    small network, 21 u8 present flags, f32 gain."""
     key = next((v for k, v in EXPORTED.items() if label.startswith(k)), None)
     if key is None or out_dir is None:
         return
-    for part, data in zip(("train", "test"), folds[0]):
+    for (part, data), (suffix, spp_key) in itertools.product(zip(("train", "test"), folds[0]), (("", "spp_max"), ("_avg", "spp_avg"))):
         iou, present = per_class_iou(data["conf_small"])
         gain = iou_img(data["conf_large"]) - iou_img(data["conf_small"])
-        with open(os.path.join(out_dir, f"samples_{key}_{part}.bin"), "wb") as f:
-            f.write(np.array([len(gain), data["spp_max"].shape[1]], "<u4").tobytes())
+        with open(os.path.join(out_dir, f"samples_{key}{suffix}_{part}.bin"), "wb") as f:
+            f.write(np.array([len(gain), data[spp_key].shape[1]], "<u4").tobytes())
             for i in range(len(gain)):
-                f.write(data["spp_max"][i].astype("<f4").tobytes())
+                f.write(data[spp_key][i].astype("<f4").tobytes())
                 f.write(iou[i].astype("<f4").tobytes())
                 f.write(present[i].astype(np.uint8).tobytes())
                 f.write(np.array([gain[i]], "<f4").tobytes())
@@ -351,17 +353,21 @@ def score_rust(datasets, out_dir):
     print("|---|---|---:|")
     for label, folds in splits(datasets):
         key = next((v for k, v in EXPORTED.items() if label.startswith(k)), None)
-        path = os.path.join(out_dir, f"rust_scores_{key}.csv")
-        if key is None or not os.path.isfile(path):
+        if key is None:
             continue
         test = folds[0][1]
         routing = Routing(test["conf_small"], test["conf_large"])
-        scores = np.genfromtxt(path, delimiter=",", names=True)
-        if len(scores) != len(test["maxprob"]):
-            sys.exit(f"study_routing: {path} has {len(scores)} rows, the split's test set {len(test['maxprob'])}")
-        rows = [("small maxprob (low first)", -test["maxprob"])] + [(f"decision network, {n} rule", scores[n]) for n in scores.dtype.names]
-        for name, score in rows:
-            print(f"| {label} | {name} | {routing.quality(score):.2f} / {routing.quality(score, greedy=True):.2f} |")
+        print(f"| {label} | small maxprob (low first) | {routing.quality(-test['maxprob']):.2f} / {routing.quality(-test['maxprob'], greedy=True):.2f} |")
+        for suffix, pooling in (("", "SPP max"), ("_avg", "SPP average")):
+            path = os.path.join(out_dir, f"rust_scores_{key}{suffix}.csv")
+            if not os.path.isfile(path):
+                continue
+            scores = np.genfromtxt(path, delimiter=",", names=True)
+            if len(scores) != len(test["maxprob"]):
+                sys.exit(f"study_routing: {path} has {len(scores)} rows, the split's test set {len(test['maxprob'])}")
+            for rule in scores.dtype.names:
+                score = scores[rule]
+                print(f"| {label} | decision network ({pooling}), {rule} rule | {routing.quality(score):.2f} / {routing.quality(score, greedy=True):.2f} |")
 
 
 def main():
@@ -375,6 +381,7 @@ def main():
         action="store_true",
         help="only score the Rust decision network's predictions written by tests/decision_train_real.rs",
     )
+    parser.add_argument("--export-only", action="store_true", help="only write the samples_*.bin files for tests/decision_train_real.rs")
     args = parser.parse_args()
     try:
         import onnxruntime as ort
@@ -402,6 +409,10 @@ def main():
 
     if args.rust_scores:
         return score_rust(datasets, args.out)
+    if args.export_only:
+        for label, folds in splits(datasets):
+            export_samples(label, folds, args.out)
+        return
 
     print("## Sets (small: stretch 257; large fp32: pad 513; class maps resized nearest)\n")
     print("| set | images | mIoU small | mIoU large | mean IoU_img small | large | mean gain | corr(maxprob, IoU_img) | corr(maxprob, gain) |")

@@ -3,6 +3,7 @@
 //! - training the decision network on real SPP vectors exported by `scripts/study_routing.py`
 //!   (out/study_routing/samples_*.bin), with AdamW and with SGD + momentum, printing validation
 //!   metrics and training time;
+//!   (`DN_SPLITS=camvid_seq_avg DN_SEED=7` narrows a run to one split and another seed);
 //! - the cost per frame of the decision head against the encoder and the whole small network.
 //!
 //! They print numbers and assert nothing about them; speed is never asserted.
@@ -45,7 +46,15 @@ fn read_samples(path: &Path) -> Option<Vec<Sample>> {
 #[ignore = "measurement: needs out/study_routing from scripts/study_routing.py"]
 fn train_on_real_spp_vectors_with_both_optimizers() {
     let dir = common::root().join("out/study_routing");
-    for split in ["camvid_seq", "to_coco"] {
+    // DN_SPLITS (comma-separated) and DN_SEED narrow or vary a run.
+    let only = std::env::var("DN_SPLITS").ok();
+    let seed: Option<u64> = std::env::var("DN_SEED").ok().and_then(|v| v.parse().ok());
+    for split in ["camvid_seq", "to_coco", "camvid_seq_avg", "to_coco_avg"] {
+        if only.as_ref().is_some_and(|o| !o.split(',').any(|s| s == split)) {
+            continue;
+        }
+        // The optimiser comparison runs on max-pooled vectors; average pooling with the defaults only.
+        let compare_optimizers = !split.ends_with("_avg");
         let (Some(train_set), Some(test_set)) =
             (read_samples(&dir.join(format!("samples_{split}_train.bin"))), read_samples(&dir.join(format!("samples_{split}_test.bin"))))
         else {
@@ -78,7 +87,10 @@ fn train_on_real_spp_vectors_with_both_optimizers() {
             (OptimizerKind::AdamW { weight_decay: 0.1 }, 0.0003, 0.5),
             (OptimizerKind::Sgd { momentum: 0.9 }, 0.001, 0.5),
             (OptimizerKind::Sgd { momentum: 0.9 }, 0.003, 0.5),
-        ] {
+        ]
+        .into_iter()
+        .filter(|_| compare_optimizers)
+        {
             let config = TrainConfig {
                 optimizer,
                 base_lr,
@@ -117,8 +129,21 @@ fn train_on_real_spp_vectors_with_both_optimizers() {
         }
         // The defaults' remote-first scores on the validation samples, for
         // `scripts/study_routing.py --rust-scores` to turn into routing quality.
-        let config = TrainConfig { max_iterations: iterations, validate_every: iterations, progress: false, ..TrainConfig::default() };
-        let (net, _) = train(&train_set, &test_set, shape, &config).unwrap();
+        let defaults = TrainConfig::default();
+        let config = TrainConfig {
+            max_iterations: iterations,
+            validate_every: iterations,
+            progress: false,
+            seed: seed.unwrap_or(defaults.seed),
+            ..defaults
+        };
+        let (net, report) = train(&train_set, &test_set, shape, &config).unwrap();
+        if let Some(m) = report.validation.last() {
+            println!(
+                "  defaults: val IoU MSE {:.4} | IoU_img MAE {:.3} r {:.2} | gain MAE {:.3} r {:.2} | presence acc {:.3}",
+                m.class_iou_mse, m.iou_img_mae, m.iou_img_correlation, m.gain_mae, m.gain_correlation, m.presence_accuracy
+            );
+        }
         let inputs: Vec<f32> = test_set.iter().flat_map(|s| s.spp.iter().copied()).collect();
         let mut csv = String::from("thesis,iou_img,gain\n");
         for p in net.predict_batch(&inputs, test_set.len()).unwrap() {
