@@ -71,8 +71,9 @@ fn runtime_candidates() -> Vec<PathBuf> {
     out
 }
 
-/// ONNX Runtime allows one environment per process; every session shares it.
-fn environment() -> Result<&'static ort::environment::Environment, RuntimeError> {
+/// ONNX Runtime allows one environment per process; every session shares it (the decision
+/// network's encoder too).
+pub(crate) fn environment() -> Result<&'static ort::environment::Environment, RuntimeError> {
     static ENV: OnceLock<Result<ort::environment::Environment, RuntimeError>> = OnceLock::new();
     let result = ENV.get_or_init(|| {
         let candidates = runtime_candidates();

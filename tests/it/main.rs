@@ -4,6 +4,8 @@
 //! code in `src/`.
 
 mod common;
+mod decision_base;
+mod decision_train_real;
 mod eval_segment;
 mod impaired_link;
 mod local;

@@ -1,0 +1,199 @@
+//! The decision network's base: the small network's encoder (`small_encoder.onnx`, made by
+//! `scripts/split_small.py`), run through ONNX Runtime on a preprocessed frame.
+//!
+//! Two bases share this code, selected by the input size:
+//! - **shared** (257x257, the small network's own input): a frame that stays local hands its
+//!   features on to `small_head.onnx`, so the decision costs only the SPP and the MLP;
+//! - **downscaled** (e.g. 129x129, 17x17 features): about a quarter of the encoder's cost, so
+//!   a frame that goes remote wastes less on the edge, at the price of running the full small
+//!   network again for a local frame.
+//!
+//! The encoder's spatial input size is dynamic, so one ONNX file serves both.
+
+use std::path::{Path, PathBuf};
+
+use opencv::core::{Mat, Size};
+use opencv::prelude::*;
+use ort::session::Session;
+use ort::value::{TensorElementType, TensorRef, ValueType};
+
+use super::cache::file_sha256;
+use super::spp::{spp, SppConfig};
+use super::DecisionError;
+
+/// Input size of the small network, and so of the shared base.
+pub const SHARED_INPUT_SIZE: u32 = 257;
+
+/// One ONNX graph with a single float input and a single float output (the encoder or the
+/// small network's head).
+pub struct OnnxPart {
+    path: PathBuf,
+    session: Session,
+    input_name: String,
+    output_name: String,
+    /// Declared input shape, −1 for dynamic dimensions.
+    input_shape: Vec<i64>,
+}
+
+impl std::fmt::Debug for OnnxPart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnnxPart").field("path", &self.path).field("input_shape", &self.input_shape).finish()
+    }
+}
+
+impl OnnxPart {
+    pub fn load(path: &Path, intra_threads: usize) -> Result<Self, DecisionError> {
+        let env = crate::infer::environment()?;
+        let load_err = |message: String| DecisionError::OnnxLoad { path: path.to_path_buf(), message };
+        let session = Session::builder(env)
+            .map_err(|e| load_err(e.to_string()))?
+            .with_intra_threads(intra_threads)
+            .map_err(|e| load_err(e.to_string()))?
+            .with_inter_threads(1)
+            .map_err(|e| load_err(e.to_string()))?
+            .commit_from_file(path)
+            .map_err(|e| load_err(e.to_string()))?;
+        let mismatch = |problem: String| DecisionError::OnnxMismatch { path: path.to_path_buf(), problem };
+        let (inputs, outputs) = (session.inputs(), session.outputs());
+        if inputs.len() != 1 || outputs.len() != 1 {
+            return Err(mismatch(format!("has {} inputs and {} outputs, one of each expected", inputs.len(), outputs.len())));
+        }
+        let float_shape = |what: &str, t: &ValueType| match t {
+            ValueType::Tensor { ty: TensorElementType::Float32, shape, .. } => Ok(shape.to_vec()),
+            other => Err(mismatch(format!("{what} must be a float32 tensor, is {other:?}"))),
+        };
+        let input_shape = float_shape("input", inputs[0].dtype())?;
+        float_shape("output", outputs[0].dtype())?;
+        let (input_name, output_name) = (inputs[0].name().to_string(), outputs[0].name().to_string());
+        Ok(OnnxPart { path: path.to_path_buf(), session, input_name, output_name, input_shape })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Declared input shape (−1 where dynamic).
+    pub fn input_shape(&self) -> &[i64] {
+        &self.input_shape
+    }
+
+    /// Runs the graph on `input` of `shape`; returns the output's shape and values.
+    pub fn run(&mut self, input: &[f32], shape: &[usize]) -> Result<(Vec<usize>, Vec<f32>), DecisionError> {
+        let run_err = |message: String| DecisionError::OnnxRun { path: self.path.clone(), message };
+        let tensor = TensorRef::from_array_view((shape, input)).map_err(|e| run_err(e.to_string()))?;
+        let outputs = self.session.run(ort::inputs![self.input_name.as_str() => tensor]).map_err(|e| run_err(e.to_string()))?;
+        let value = outputs.get(&self.output_name).ok_or_else(|| run_err(format!("output {:?} missing", self.output_name)))?;
+        let (out_shape, data) = value.try_extract_tensor::<f32>().map_err(|e| run_err(e.to_string()))?;
+        let out_shape = out_shape.iter().map(|&d| d as usize).collect();
+        Ok((out_shape, data.to_vec()))
+    }
+}
+
+/// Encoder output for one frame: `[channels, height, width]`, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Features {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub data: Vec<f32>,
+}
+
+impl Features {
+    pub fn spp(&self, config: &SppConfig) -> Result<Vec<f32>, DecisionError> {
+        spp(&self.data, self.channels, self.height, self.width, config)
+    }
+}
+
+/// The small network's encoder at a fixed square input size.
+#[derive(Debug)]
+pub struct Encoder {
+    part: OnnxPart,
+    input_size: u32,
+    sha256: String,
+}
+
+impl Encoder {
+    /// Loads `small_encoder.onnx` to run at `input_size` x `input_size` (257 for the shared base).
+    pub fn load(path: &Path, input_size: u32, intra_threads: usize) -> Result<Self, DecisionError> {
+        if !(33..=2049).contains(&input_size) {
+            return Err(DecisionError::Invalid { what: "base input size", problem: format!("{input_size} is outside 33..=2049") });
+        }
+        let part = OnnxPart::load(path, intra_threads)?;
+        let shape = part.input_shape();
+        let fits = |dim: i64, want: i64| dim < 0 || dim == want;
+        let size = input_size as i64;
+        if shape.len() != 4 || !fits(shape[1], size) || !fits(shape[2], size) || !fits(shape[3], 3) {
+            return Err(DecisionError::OnnxMismatch {
+                path: path.to_path_buf(),
+                problem: format!(
+                    "input shape {shape:?} does not take NHWC [N, {size}, {size}, 3] frames (make a dynamic-size encoder with scripts/split_small.py)"
+                ),
+            });
+        }
+        let sha256 = file_sha256(path)?;
+        Ok(Encoder { part, input_size, sha256 })
+    }
+
+    pub fn input_size(&self) -> u32 {
+        self.input_size
+    }
+
+    /// SHA-256 of the ONNX file: identifies the base in `dn.toml` and the feature cache.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    pub fn path(&self) -> &Path {
+        self.part.path()
+    }
+
+    /// Values in one preprocessed frame (`input_size² x 3`).
+    pub fn input_len(&self) -> usize {
+        (self.input_size * self.input_size * 3) as usize
+    }
+
+    /// A BGR frame, stretched to the input size (bilinear), as the small network takes it:
+    /// NHWC, RGB, `(x − 127.5) / 127.5`.
+    pub fn preprocess(&self, bgr: &[u8], width: u32, height: u32) -> Result<Vec<f32>, DecisionError> {
+        let image_err = |step: &'static str| move |e: opencv::Error| DecisionError::Image { step, message: e.to_string() };
+        if width == 0 || height == 0 || bgr.len() != (width * height * 3) as usize {
+            return Err(DecisionError::Image {
+                step: "decision preprocess",
+                message: format!("{} bytes for a {width}x{height} BGR frame", bgr.len()),
+            });
+        }
+        let size = self.input_size as i32;
+        let resized;
+        let pixels: &[u8] = if (width, height) == (self.input_size, self.input_size) {
+            bgr
+        } else {
+            let src =
+                Mat::new_rows_cols_with_bytes::<opencv::core::Vec3b>(height as i32, width as i32, bgr).map_err(image_err("frame view"))?;
+            let mut dst = Mat::default();
+            opencv::imgproc::resize(&src, &mut dst, Size::new(size, size), 0.0, 0.0, opencv::imgproc::INTER_LINEAR)
+                .map_err(image_err("frame resize"))?;
+            resized = dst;
+            resized.data_bytes().map_err(image_err("frame read"))?
+        };
+        Ok(pixels.chunks_exact(3).flat_map(|bgr| [bgr[2], bgr[1], bgr[0]]).map(|v| (v as f32 - 127.5) / 127.5).collect())
+    }
+
+    /// Encoder features of one preprocessed frame (NHWC, `input_len()` values).
+    pub fn run(&mut self, nhwc: &[f32]) -> Result<Features, DecisionError> {
+        let size = self.input_size as usize;
+        if nhwc.len() != self.input_len() {
+            return Err(DecisionError::Invalid {
+                what: "encoder input",
+                problem: format!("{} values, a {size}x{size}x3 frame has {}", nhwc.len(), self.input_len()),
+            });
+        }
+        let (shape, data) = self.part.run(nhwc, &[1, size, size, 3])?;
+        match shape[..] {
+            [1, channels, height, width] => Ok(Features { channels, height, width, data }),
+            _ => Err(DecisionError::OnnxMismatch {
+                path: self.part.path().to_path_buf(),
+                problem: format!("output shape {shape:?} is not [1, C, h, w]"),
+            }),
+        }
+    }
+}
