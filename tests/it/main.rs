@@ -9,3 +9,4 @@ mod impaired_link;
 mod local;
 mod real_models;
 mod remote;
+mod service;
