@@ -61,12 +61,6 @@ struct EdgeShared {
     rate: Mutex<RateMeter>,
 }
 
-impl fmt::Debug for EdgeShared {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EdgeShared").field("frames_out", &self.frames_out).finish_non_exhaustive()
-    }
-}
-
 /// A running edge pipeline's telemetry: give it to [`crate::pipeline::run_with`] and to an
 /// [`super::Service`].
 pub struct EdgeTelemetry {

@@ -18,7 +18,7 @@ use crate::metrics::health::Condition;
 const CONDITIONS: [&str; 5] = ["starting", "flowing", "idle", "stalled", "stopping"];
 
 /// A source of metrics read at scrape time.
-pub(super) trait Scraped: fmt::Debug + Send + Sync + 'static {
+pub(super) trait Scraped: Send + Sync + 'static {
     fn scrape(&self, scrape: &mut Scrape) -> fmt::Result;
 }
 
@@ -29,8 +29,14 @@ pub(super) fn registry(prefix: &str, source: Arc<impl Scraped>) -> Registry {
     registry
 }
 
-#[derive(Debug)]
 struct Collected<T>(Arc<T>);
+
+/// prometheus-client wants collectors printable; the sources' insides are not worth printing.
+impl<T> fmt::Debug for Collected<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Collected")
+    }
+}
 
 impl<T: Scraped> Collector for Collected<T> {
     fn encode(&self, encoder: DescriptorEncoder) -> fmt::Result {

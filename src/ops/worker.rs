@@ -24,12 +24,6 @@ struct WorkerShared {
     rate: Mutex<RateMeter>,
 }
 
-impl fmt::Debug for WorkerShared {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WorkerShared").field("queue_capacity", &self.queue_capacity).finish_non_exhaustive()
-    }
-}
-
 /// A running worker's telemetry, for an [`super::Service`].
 pub struct WorkerTelemetry {
     shared: Arc<WorkerShared>,

@@ -205,8 +205,8 @@ fn sample(samples: &BTreeMap<String, f64>, name: &str) -> f64 {
     *samples.get(name).unwrap_or_else(|| panic!("no sample {name} in {samples:#?}"))
 }
 
-/// `edgeseg run` on `config` with `overrides`, notifying `socket`, metrics on `metrics`.
-fn edge_command(config: &Path, overrides: &[String], socket: &Path, metrics: Option<SocketAddr>) -> Command {
+/// `edgeseg run` on `config` with `overrides`, without masks and overlay video, metrics on `metrics`.
+fn edge_command(config: &Path, overrides: &[String], metrics: Option<SocketAddr>) -> Command {
     let mut command = Command::new(common::bin());
     command.args(["run", "--config"]).arg(config);
     let mut all: Vec<String> = vec!["output.masks=false".into(), "output.overlay=false".into()];
@@ -217,8 +217,35 @@ fn edge_command(config: &Path, overrides: &[String], socket: &Path, metrics: Opt
     for o in &all {
         command.args(["--set", o]);
     }
-    command.env("NOTIFY_SOCKET", socket).env("WATCHDOG_USEC", WATCHDOG_USEC).stdin(Stdio::null());
+    command.stdin(Stdio::null());
     command
+}
+
+/// `edgeseg worker` on `config`.
+fn worker_command(config: &Path) -> Command {
+    let mut command = Command::new(common::bin());
+    command.args(["worker", "--config"]).arg(config);
+    command
+}
+
+/// As systemd starts a `Type=notify` unit with `WatchdogSec=1s`.
+fn under_systemd(mut command: Command, socket: &Path) -> Command {
+    command.env("NOTIFY_SOCKET", socket).env("WATCHDOG_USEC", WATCHDOG_USEC);
+    command
+}
+
+/// Runs `command` under systemd until it pinged the watchdog three times, then stops it as
+/// systemd would (SIGTERM); returns everything it said, checked against [`assert_protocol`].
+fn notices_through_a_stop(dir: &Path, name: &'static str, command: Command) -> Vec<Notice> {
+    let (mut sockets, paths) = NotifySockets::bind(dir, &[name]);
+    let mut service = Running::start(name, dir, under_systemd(command, &paths[name]));
+    sockets.until("READY and three watchdog pings", START_LIMIT, |seen| seen[name].iter().filter(|n| n.watchdog()).count() >= 3);
+    service.terminate();
+    sockets.until("STOPPING", Duration::from_secs(30), |seen| seen[name].iter().any(Notice::stopping));
+    service.wait_success(Duration::from_secs(30));
+    let notices = sockets.of(name).to_vec();
+    assert_protocol(name, &notices);
+    notices
 }
 
 /// An edge config in `dir/<name>/` (outputs in `dir/<name>/out`), fixture networks.
@@ -244,17 +271,8 @@ fn assert_protocol(name: &str, notices: &[Notice]) {
 fn edge_tells_systemd_ready_then_status_and_watchdog_then_stopping() {
     let _machine = common::shared_machine();
     let dir = tempfile::tempdir().unwrap();
-    let (mut sockets, paths) = NotifySockets::bind(dir.path(), &["edge"]);
     let (config, _) = edge_dir(dir.path(), "edge");
-    let mut edge = Running::start("edge", dir.path(), edge_command(&config, &common::testsrc_overrides("10/1", -1), &paths["edge"], None));
-
-    sockets.until("READY and three watchdog pings", START_LIMIT, |seen| seen["edge"].iter().filter(|n| n.watchdog()).count() >= 3);
-    edge.terminate();
-    sockets.until("STOPPING", Duration::from_secs(30), |seen| seen["edge"].iter().any(Notice::stopping));
-    edge.wait_success(Duration::from_secs(30));
-
-    let notices = sockets.of("edge");
-    assert_protocol("edge", notices);
+    let notices = notices_through_a_stop(dir.path(), "edge", edge_command(&config, &common::testsrc_overrides("10/1", -1), None));
     let pings: Vec<&Notice> = notices.iter().filter(|n| n.watchdog()).collect();
     assert!(pings.iter().all(|n| n.status().starts_with("flowing") || n.status().starts_with("idle")), "{pings:#?}");
     assert!(pings.iter().all(|n| n.status().contains("frames/s out") && n.status().contains("routes local 100%")), "{pings:#?}");
@@ -264,20 +282,7 @@ fn edge_tells_systemd_ready_then_status_and_watchdog_then_stopping() {
 fn worker_tells_systemd_ready_then_status_and_watchdog_then_stopping() {
     let _machine = common::shared_machine();
     let dir = tempfile::tempdir().unwrap();
-    let (mut sockets, paths) = NotifySockets::bind(dir.path(), &["worker"]);
-    let worker_config = worker_config(dir.path());
-    let mut command = Command::new(common::bin());
-    command.args(["worker", "--config"]).arg(&worker_config);
-    command.env("NOTIFY_SOCKET", &paths["worker"]).env("WATCHDOG_USEC", WATCHDOG_USEC);
-    let mut worker = Running::start("worker", dir.path(), command);
-
-    sockets.until("READY and three watchdog pings", START_LIMIT, |seen| seen["worker"].iter().filter(|n| n.watchdog()).count() >= 3);
-    worker.terminate();
-    sockets.until("STOPPING", Duration::from_secs(30), |seen| seen["worker"].iter().any(Notice::stopping));
-    worker.wait_success(Duration::from_secs(30));
-
-    let notices = sockets.of("worker");
-    assert_protocol("worker", notices);
+    let notices = notices_through_a_stop(dir.path(), "worker", worker_command(&worker_config(dir.path())));
     // Listening with nobody connected is idle, which is healthy.
     let pings: Vec<&Notice> = notices.iter().filter(|n| n.watchdog()).collect();
     assert!(pings.iter().all(|n| n.status().starts_with("idle; 0 edge(s) connected")), "{pings:#?}");
@@ -359,8 +364,11 @@ fn a_stalled_pipeline_stops_the_watchdog_while_a_healthy_one_keeps_feeding_it() 
     let (healthy_config, _) = edge_dir(dir.path(), "healthy");
     let mut overrides = common::testsrc_overrides("5/1", -1);
     overrides.push(stall.clone());
-    let healthy =
-        Running::start("healthy", dir.path(), edge_command(&healthy_config, &overrides, &paths["healthy"], Some(ports["healthy"])));
+    let healthy = Running::start(
+        "healthy",
+        dir.path(),
+        under_systemd(edge_command(&healthy_config, &overrides, Some(ports["healthy"])), &paths["healthy"]),
+    );
 
     let (silent_config, _) = edge_dir(dir.path(), "silent-source");
     let pipeline = common::pipeline_file(dir.path(), "silent.pipeline", SILENT_SOURCE);
@@ -368,7 +376,7 @@ fn a_stalled_pipeline_stops_the_watchdog_while_a_healthy_one_keeps_feeding_it() 
     let silent = Running::start(
         "silent-source",
         dir.path(),
-        edge_command(&silent_config, &overrides, &paths["silent-source"], Some(ports["silent-source"])),
+        under_systemd(edge_command(&silent_config, &overrides, Some(ports["silent-source"])), &paths["silent-source"]),
     );
 
     let (blocked_config, blocked_out) = edge_dir(dir.path(), "blocked-sink");
@@ -378,7 +386,7 @@ fn a_stalled_pipeline_stops_the_watchdog_while_a_healthy_one_keeps_feeding_it() 
     let blocked = Running::start(
         "blocked-sink",
         dir.path(),
-        edge_command(&blocked_config, &overrides, &paths["blocked-sink"], Some(ports["blocked-sink"])),
+        under_systemd(edge_command(&blocked_config, &overrides, Some(ports["blocked-sink"])), &paths["blocked-sink"]),
     );
 
     sockets.until("every edge is ready and both broken ones report a stall", START_LIMIT, |seen| {
@@ -461,12 +469,9 @@ fn count_after(line: &str, name: &str) -> f64 {
 fn scraped_metrics_agree_with_the_edge_summary_and_the_worker_status() {
     let _machine = common::whole_machine();
     let dir = tempfile::tempdir().unwrap();
-    let (_sockets, paths) = NotifySockets::bind(dir.path(), &["edge"]);
     let worker_metrics = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
     let worker_config = worker_config_with(dir.path(), &format!("[metrics]\nlisten = \"{worker_metrics}\""));
-    let mut command = Command::new(common::bin());
-    command.args(["worker", "--config"]).arg(&worker_config);
-    let mut worker = Running::start("worker", dir.path(), command);
+    let mut worker = Running::start("worker", dir.path(), worker_command(&worker_config));
     let deadline = Instant::now() + START_LIMIT;
     let worker_addr: SocketAddr = loop {
         if let Some(addr) =
@@ -493,7 +498,7 @@ fn scraped_metrics_agree_with_the_edge_summary_and_the_worker_status() {
         format!("remote.tls.cert={}", pki.join("edge.pem").display()),
         format!("remote.tls.key={}", pki.join("edge.key").display()),
     ];
-    let mut command = edge_command(&edge_config, &overrides, &paths["edge"], Some(edge_metrics));
+    let mut command = edge_command(&edge_config, &overrides, Some(edge_metrics));
     command.stdin(Stdio::piped());
     let mut edge = Running::start("edge", dir.path(), command);
     let mut frames_in = edge.child.stdin.take().expect("the edge's stdin");
