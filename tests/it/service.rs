@@ -435,8 +435,9 @@ fn a_stalled_pipeline_stops_the_watchdog_while_a_healthy_one_keeps_feeding_it() 
     assert!(!sockets.of("healthy").iter().any(Notice::stalled), "{:#?}", sockets.of("healthy"));
 }
 
-/// Raw BGR frames on the edge's standard input, as a live stream (a pipe from another process):
-/// the edge processes what it gets and stays up, idle, until the input closes.
+/// Raw BGR frames on the edge's standard input: the edge processes what it gets and stays up,
+/// idle, until the input closes. Read as a recorded source, so that no frame is dropped and the
+/// test knows how many come in; `health.stall_s` is raised so the silent input stays idle.
 const STDIN_SOURCE: &str = "fdsrc fd=0 ! rawvideoparse format=bgr width=64 height=48 framerate=10/1 \
                             ! videoconvert ! video/x-raw,format=BGR ! appsink name=sink";
 const STDIN_FRAME_BYTES: usize = 64 * 48 * 3;
@@ -489,7 +490,8 @@ fn scraped_metrics_agree_with_the_edge_summary_and_the_worker_status() {
     let edge_metrics = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
     let overrides = vec![
         format!("ingest.pipeline={}", pipeline.display()),
-        "ingest.live=\"live\"".into(),
+        "ingest.live=\"replay\"".into(),
+        "health.stall_s=3600".into(),
         "remote.routing=\"every-nth\"".into(),
         "remote.every_nth=2".into(),
         format!("remote.workers=[\"{worker_addr}\"]"),
