@@ -50,14 +50,13 @@ struct Tally {
 }
 
 struct EdgeShared {
-    limits: PipelineLimits,
     view: OnceLock<PipelineView>,
     intake_ended: AtomicBool,
     /// Bumped after the frame's tally, so a reader never sees a frame out that is not tallied.
     frames_out: AtomicU64,
     tally: Mutex<Tally>,
     latency: Family<StageLabel, Histogram, fn() -> Histogram>,
-    watch: Mutex<Option<PipelineWatch>>,
+    watch: Mutex<PipelineWatch>,
     rate: Mutex<RateMeter>,
 }
 
@@ -69,19 +68,19 @@ pub struct EdgeTelemetry {
 }
 
 impl EdgeTelemetry {
+    /// When the pipeline counts as stalled comes from `[health]` (and the remote deadline).
     pub fn new(config: &EdgeConfig) -> Self {
         let health = &config.health;
         // A frame sent remote may wait for the worker up to its deadline, then go local.
         let remote_wait = if config.remote.routing == Routing::Local { Duration::ZERO } else { config.remote.deadline_ms.get() };
         let limits = PipelineLimits { stall: health.stall_s.get() + remote_wait, live_silence: health.live_silence_s.period() };
         let shared = Arc::new(EdgeShared {
-            limits,
             view: OnceLock::new(),
             intake_ended: AtomicBool::new(false),
             frames_out: AtomicU64::new(0),
             tally: Mutex::default(),
             latency: Family::new_with_constructor(latency_histogram),
-            watch: Mutex::new(None),
+            watch: Mutex::new(PipelineWatch::new(limits, Instant::now())),
             rate: Mutex::default(),
         });
         let registry = exposition::registry("edgeseg", shared.clone());
@@ -151,8 +150,7 @@ impl EdgeShared {
         let Some(view) = self.view.get() else { return Condition::Starting };
         let now = Instant::now();
         let counts = self.counts(view);
-        let mut watch = self.watch.lock().expect("health watch lock");
-        watch.get_or_insert_with(|| PipelineWatch::new(self.limits, now)).observe(counts, now)
+        self.watch.lock().expect("health watch lock").observe(counts, now)
     }
 
     fn status_line(&self, condition: &Condition) -> String {
