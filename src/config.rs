@@ -180,6 +180,15 @@ fn ip_port<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
     String::deserialize(d)?.parse().map_err(|_| D::Error::custom("is not an ip:port socket address"))
 }
 
+/// An `ip:port`, or `""` for "off" (so `--set metrics.listen=` turns an endpoint off).
+fn optional_ip_port<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| D::Error::custom("is not an ip:port socket address (or \"\" for off)"))
+}
+
 /// How the edge decides, for now, which frames go to the remote worker. The decision network
 /// replaces this with per-frame predicted IoU; until then these fixed policies let the remote
 /// path be used and tested on its own.
@@ -358,6 +367,49 @@ impl Default for RemoteConfig {
     }
 }
 
+/// `[metrics]` of the edge and the worker: the Prometheus endpoint (`/metrics`, `/healthz`).
+/// Off unless `listen` is set: an open port is the operator's decision (firewall, several
+/// instances on one host), not a default.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    #[serde(deserialize_with = "optional_ip_port")]
+    pub listen: Option<SocketAddr>,
+}
+
+/// `[health]` of the edge: when the pipeline counts as stuck (the systemd watchdog is then no
+/// longer fed and `/healthz` answers 503).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EdgeHealthConfig {
+    /// Longest a frame may be in the pipeline with none coming out (beyond `remote.deadline_ms`
+    /// when frames go remote: a frame may wait that long for the worker), and longest a recorded
+    /// source may deliver nothing.
+    pub stall_s: Seconds,
+    /// Longest a live source may deliver nothing; 0: a silent live source is idle, not stuck.
+    pub live_silence_s: Seconds,
+}
+
+impl Default for EdgeHealthConfig {
+    fn default() -> Self {
+        EdgeHealthConfig { stall_s: Seconds::new(10), live_silence_s: Seconds::new(0) }
+    }
+}
+
+/// `[health]` of the worker: frames waiting for a batch with none taken for `stall_s` means
+/// the worker is stuck.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerHealthConfig {
+    pub stall_s: Seconds,
+}
+
+impl Default for WorkerHealthConfig {
+    fn default() -> Self {
+        WorkerHealthConfig { stall_s: Seconds::new(10) }
+    }
+}
+
 /// Everything the edge service needs: `config/edge.toml`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -367,6 +419,8 @@ pub struct EdgeConfig {
     pub pipeline: PipelineConfig,
     pub output: OutputConfig,
     pub remote: RemoteConfig,
+    pub health: EdgeHealthConfig,
+    pub metrics: MetricsConfig,
 }
 
 /// `[batching]` of the worker.
@@ -397,6 +451,8 @@ pub struct WorkerConfig {
     pub max_message_mib: Count<256>,
     /// Between "worker status" log lines; 0 turns them off.
     pub status_interval_s: Seconds,
+    pub health: WorkerHealthConfig,
+    pub metrics: MetricsConfig,
 }
 
 impl Default for WorkerConfig {
@@ -408,6 +464,8 @@ impl Default for WorkerConfig {
             tls: TlsPaths::default(),
             max_message_mib: Count::literal(16),
             status_interval_s: Seconds::new(10),
+            health: WorkerHealthConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -534,6 +592,11 @@ impl Checker {
         }
     }
 
+    fn in_range(&mut self, key: &str, value: u64, range: std::ops::RangeInclusive<u64>) {
+        let problem = format!("is outside {}..={}", range.start(), range.end());
+        self.check(range.contains(&value), key, value, &problem);
+    }
+
     fn tls(&mut self, section: &str, t: &TlsPaths) {
         for (name, p) in [("ca_cert", &t.ca_cert), ("cert", &t.cert), ("key", &t.key)] {
             self.file(&format!("{section}.{name}"), p, "run `edgeseg certs` for a development PKI");
@@ -644,6 +707,8 @@ impl EdgeConfig {
             "must be at least 1 and at most remote.reconnect_max_ms",
         );
         c.check(r.connect_timeout_ms.units() >= 1, "remote.connect_timeout_ms", r.connect_timeout_ms, "must be at least 1");
+        c.in_range("health.stall_s", self.health.stall_s.units(), 1..=3600);
+        c.in_range("health.live_silence_s", self.health.live_silence_s.units(), 0..=86_400);
         if r.routing != Routing::Local {
             c.check(!r.workers.is_empty(), "remote.workers", "[]", "is empty but remote.routing sends frames to a worker");
             match &r.tls {
@@ -675,6 +740,7 @@ impl WorkerConfig {
         c.check(wait.units() <= 1000, "batching.max_wait_ms", wait, "is above 1000");
         let status = self.status_interval_s;
         c.check(status.units() <= 3600, "status_interval_s", status, "is above 3600 (0 turns status lines off)");
+        c.in_range("health.stall_s", self.health.stall_s.units(), 1..=3600);
         c.tls("tls", &self.tls);
     }
 }
@@ -737,6 +803,18 @@ mod tests {
         assert_eq!(minimal.output.metrics_interval_ms.period(), Some(Duration::from_secs(1)));
         assert_eq!(minimal.model.intra_threads.get(), 2);
         assert_eq!(minimal.output.dir, dir.path().join("out"), "relative to the file");
+        assert_eq!(minimal.metrics.listen, None, "no port is opened unless asked for");
+        assert_eq!((minimal.health.stall_s.get(), minimal.health.live_silence_s.period()), (Duration::from_secs(10), None));
+    }
+
+    #[test]
+    fn the_metrics_endpoint_is_an_address_or_empty_for_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = edge_file(dir.path(), "[metrics]\nlisten = \"127.0.0.1:9464\"\n");
+        let on = EdgeConfig::load(&path, &[]).unwrap();
+        assert_eq!(on.metrics.listen, Some(SocketAddr::from(([127, 0, 0, 1], 9464))));
+        let off = EdgeConfig::load(&path, &["metrics.listen=".to_string()]).unwrap();
+        assert_eq!(off.metrics.listen, None);
     }
 
     #[test]
@@ -769,6 +847,10 @@ mod tests {
             ("remote.routing=\"remote\"", "remote.workers = []", "is empty but remote.routing sends frames"),
             ("remote.tls.cert=/no/cert.pem", "remote.tls.cert = /no/cert.pem", "edgeseg certs"),
             ("ingest.pipeline=\"\"", "ingest.pipeline = (missing)", "must be set"),
+            ("health.stall_s=0", "health.stall_s = 0", "is outside 1..=3600"),
+            ("health.live_silence_s=100000", "health.live_silence_s = 100000", "is outside 0..=86400"),
+            ("metrics.listen=\"localhost:9464\"", "metrics.listen = localhost:9464", "is not an ip:port socket address"),
+            ("metrics.port=9464", "metrics.port = 9464", "unknown field `port`"),
         ];
         for (set, key_value, problem) in cases {
             let mut overrides = vec![set.to_string()];
@@ -838,6 +920,8 @@ mod tests {
             ("models.large.manifest=/no.toml", "models.large.manifest = /no.toml", "does not exist"),
             ("tls.key=/no/worker.key", "tls.key = /no/worker.key", "edgeseg certs"),
             ("tls.kye=/no/worker.key", "tls.kye = /no/worker.key", "unknown field `kye`"),
+            ("health.stall_s=4000", "health.stall_s = 4000", "is outside 1..=3600"),
+            ("metrics.listen=\"9465\"", "metrics.listen = 9465", "is not an ip:port socket address"),
         ];
         for (set, key_value, problem) in cases {
             let found = problems(WorkerConfig::load(&path, &[set.to_string()]).expect_err(set));

@@ -4,10 +4,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use edgeseg::config::{Count, EdgeConfig, SessionConfig, WorkerConfig};
+use edgeseg::ops::{EdgeTelemetry, Service, WorkerTelemetry};
 use edgeseg::pipeline::RunSummary;
 use edgeseg::shutdown::Shutdown;
 
@@ -326,7 +328,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => {
             let config = args.load()?;
-            let outcome = edgeseg::pipeline::run(&config, &shutdown_on_signals()?)?;
+            let shutdown = shutdown_on_signals()?;
+            let telemetry = Arc::new(EdgeTelemetry::new(&config));
+            let service = Service::start(telemetry.clone(), config.metrics.listen, &shutdown)?;
+            let outcome = edgeseg::pipeline::run_with(&config, &shutdown, Vec::new(), &telemetry);
+            service.finish();
+            let outcome = outcome?;
             print_summary(&outcome.summary);
             println!("  summary: {}", config.output.dir.join("summary.json").display());
             if let Some(e) = outcome.error {
@@ -338,9 +345,13 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Worker { config, overrides } => {
             let config = WorkerConfig::load(&config, &overrides)?;
-            let worker = edgeseg::remote::worker::Worker::start(&config, shutdown_on_signals()?)?;
+            let shutdown = shutdown_on_signals()?;
+            let worker = edgeseg::remote::worker::Worker::start(&config, shutdown.clone())?;
             println!("worker listening on {}", worker.local_addr);
+            let telemetry = Arc::new(WorkerTelemetry::new(worker.probe(), &config));
+            let service = Service::start(telemetry, config.metrics.listen, &shutdown)?;
             let s = worker.wait();
+            service.finish();
             println!(
                 "worker stopped: answered {} overloaded {} expired {} protocol errors {} refused handshakes {}; batch sizes {:?}",
                 s.answered, s.rejected_overloaded, s.expired, s.protocol_errors, s.handshake_failures, s.batch_sizes

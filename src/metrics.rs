@@ -1,7 +1,10 @@
 //! Measurements the pipeline exposes while it runs (queue depths, remote health) and reports
 //! when it ends (latency percentiles). Queue depths and remote health are what the control unit
 //! reads, sampled per frame, to adapt its offloading threshold, so they are plain
-//! shared values, cheap to sample.
+//! shared values, cheap to sample. [`health`] judges from the same counters whether the service
+//! is doing its job.
+
+pub mod health;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

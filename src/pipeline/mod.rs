@@ -33,6 +33,7 @@ use crate::frame::{Job, Segmented};
 use crate::infer::{InferError, Model};
 use crate::ingest::{IngestError, PipelineSpec};
 use crate::metrics::{QueueDepths, QueueGauge, RemoteHealth};
+use crate::ops::{EdgeTelemetry, PipelineView};
 use crate::remote::client::{ClientError, RemoteClient};
 use crate::shutdown::Shutdown;
 use crate::sink::{Observer, Sink, SinkError, SinkSettings};
@@ -71,6 +72,17 @@ pub fn run(config: &EdgeConfig, shutdown: &Shutdown) -> Result<RunOutcome, Pipel
 
 /// [`run`], with `observers` seeing every finished frame, in order, as the output files do.
 pub fn run_observed(config: &EdgeConfig, shutdown: &Shutdown, observers: Vec<Box<dyn Observer>>) -> Result<RunOutcome, PipelineError> {
+    run_with(config, shutdown, observers, &EdgeTelemetry::new(config))
+}
+
+/// [`run_observed`], reporting to `telemetry` while it runs (progress for the systemd watchdog
+/// and `/healthz`, counters for `/metrics`); a telemetry serves one run.
+pub fn run_with(
+    config: &EdgeConfig,
+    shutdown: &Shutdown,
+    observers: Vec<Box<dyn Observer>>,
+    telemetry: &EdgeTelemetry,
+) -> Result<RunOutcome, PipelineError> {
     let cap = config.pipeline.queue_capacity.get();
     let spec = PipelineSpec::from_file(&config.ingest.pipeline, &config.ingest.params)?;
     // Load what can fail first so a bad model or output folder fails before the camera starts.
@@ -89,6 +101,7 @@ pub fn run_observed(config: &EdgeConfig, shutdown: &Shutdown, observers: Vec<Box
     for observer in observers {
         sink.add_observer(observer);
     }
+    sink.add_observer(telemetry.observer());
     let health = Arc::new(RemoteHealth::default());
     let remote_health = (config.remote.routing != Routing::Local).then(|| health.clone());
     let remote_client = match remote_health {
@@ -120,6 +133,7 @@ pub fn run_observed(config: &EdgeConfig, shutdown: &Shutdown, observers: Vec<Box
         stages.spawn("remote", remote::remote_stage(client, remote_rx, segmented_tx.clone(), local_tx.clone(), max_in_flight));
         remote_tx
     });
+    telemetry.attach(PipelineView { queues: queues.clone(), ingest: ingest.stats.clone(), remote: remote_health.clone() });
     let signals = SignalSource { queues: queues.clone(), remote: remote_health.clone() };
     let policy = Box::new(RoutingPolicy::new(&config.remote));
     stages.spawn("decision", decision_stage(ingest.frames.clone(), policy, signals, local_tx, remote_tx));
@@ -139,6 +153,7 @@ pub fn run_observed(config: &EdgeConfig, shutdown: &Shutdown, observers: Vec<Box
         Ok(Err(e)) => errors.set(e.into()),
         Err(_) => errors.set(PipelineError::Panicked("ingest")),
     }
+    telemetry.intake_ended();
     stages.join(&errors);
     let mut report = sink_thread.join().unwrap_or_else(|_| {
         errors.set(PipelineError::Panicked("sink"));

@@ -58,6 +58,13 @@ struct WorkerStats {
     pub handshake_failures: AtomicU64,
     /// Batch size → number of batches run.
     pub batch_sizes: Mutex<BTreeMap<usize, u64>>,
+    /// Times a batching thread took frames off its queue (expired-only batches included): the
+    /// progress the health watch looks for while frames wait.
+    pub batches_taken: AtomicU64,
+    /// Frames in the batches being inferred now (a gauge).
+    pub computing: AtomicU64,
+    /// Batching threads still running; one per model while the worker serves.
+    pub batchers_running: AtomicU64,
 }
 
 /// A point-in-time view of a running worker: what an operator (or a load balancer) needs to see
@@ -76,6 +83,14 @@ pub struct WorkerStatus {
     pub handshake_failures: u64,
     /// Batch size → number of batches run.
     pub batch_sizes: BTreeMap<usize, u64>,
+    /// Times a batching thread took frames off its queue, expired-only batches included.
+    pub batches_taken: u64,
+    /// Frames in the batches being inferred now.
+    pub computing: u64,
+    /// Batching threads running (one per model while the worker serves).
+    pub batchers_running: u64,
+    /// Whether the worker is draining (shutdown requested).
+    pub draining: bool,
 }
 
 /// A preprocessed request waiting for its batch.
@@ -117,6 +132,8 @@ impl Worker {
             let max_batch = config.batching.max_batch.get().min(model.max_batch);
             let max_wait = config.batching.max_wait_ms.get();
             let stats = stats.clone();
+            // Counted before the thread starts, so no one sees a worker with a model unserved.
+            stats.batchers_running.fetch_add(1, Ordering::Relaxed);
             batchers.push(
                 std::thread::Builder::new()
                     .name(format!("batch-{name}"))
@@ -189,6 +206,24 @@ impl Worker {
 
     pub fn status(&self) -> WorkerStatus {
         self.server.status()
+    }
+
+    /// A handle that reads the worker's status while [`Worker::wait`] blocks (for `/metrics`,
+    /// `/healthz` and the systemd status).
+    pub fn probe(&self) -> WorkerProbe {
+        WorkerProbe(Arc::downgrade(&self.server))
+    }
+}
+
+/// Reads a running worker's status from any thread. It does not keep the worker alive: the
+/// batching threads end when the worker drops its queues, whoever still holds a probe.
+#[derive(Clone)]
+pub struct WorkerProbe(std::sync::Weak<Server>);
+
+impl WorkerProbe {
+    /// `None` once the worker has shut down.
+    pub fn status(&self) -> Option<WorkerStatus> {
+        self.0.upgrade().map(|server| server.status())
     }
 }
 
@@ -283,6 +318,10 @@ impl Server {
             protocol_errors: load(&stats.protocol_errors),
             handshake_failures: load(&stats.handshake_failures),
             batch_sizes: stats.batch_sizes.lock().expect("stats lock").clone(),
+            batches_taken: load(&stats.batches_taken),
+            computing: load(&stats.computing),
+            batchers_running: load(&stats.batchers_running),
+            draining: self.shutdown.is_requested(),
         }
     }
 
@@ -382,6 +421,14 @@ fn shutting_down() -> ResponseBody {
 /// their deadline are answered "deadline exceeded" without being computed: the edge has used
 /// its local result. Ends when the queue closes (the worker shut down), after what it held.
 fn batch_loop(mut model: Model, rx: Receiver<Queued>, max_batch: usize, max_wait: Duration, stats: &WorkerStats) {
+    /// Uncounts the thread however it ends, a panic included.
+    struct Running<'a>(&'a AtomicU64);
+    impl Drop for Running<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    let _running = Running(&stats.batchers_running);
     let mut input = InputBuffer::new(&model.manifest, max_batch);
     let mut former = BatchFormer::new(max_batch, max_wait);
     loop {
@@ -402,6 +449,7 @@ fn batch_loop(mut model: Model, rx: Receiver<Queued>, max_batch: usize, max_wait
             },
         };
         let Some(Batch { live, expired }) = batch else { continue };
+        stats.batches_taken.fetch_add(1, Ordering::Relaxed);
         for q in expired {
             stats.expired.fetch_add(1, Ordering::Relaxed);
             let _ = q.reply.send(Err((ErrorCode::DeadlineExceeded, "deadline passed while queued".into())));
@@ -411,7 +459,9 @@ fn batch_loop(mut model: Model, rx: Receiver<Queued>, max_batch: usize, max_wait
         }
         input.clear();
         let started = Instant::now();
+        stats.computing.fetch_add(live.len() as u64, Ordering::Relaxed);
         let result = live.iter().try_for_each(|q| input.append(&q.input)).and_then(|()| model.run(&input));
+        stats.computing.fetch_sub(live.len() as u64, Ordering::Relaxed);
         let inference_us = started.elapsed().as_micros() as u32;
         *stats.batch_sizes.lock().expect("stats lock").entry(live.len()).or_default() += 1;
         match result {

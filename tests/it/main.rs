@@ -11,3 +11,4 @@ mod impaired_link;
 mod local;
 mod real_models;
 mod remote;
+mod service;
