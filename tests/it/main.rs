@@ -7,5 +7,6 @@ mod common;
 mod eval_segment;
 mod impaired_link;
 mod local;
+mod memory;
 mod real_models;
 mod remote;
