@@ -139,6 +139,12 @@ struct SegmentArgs {
     /// Threads decoding images and masks while the network runs.
     #[arg(long, default_value_t = 2)]
     decode_threads: usize,
+    /// Fit images to the input this way instead of the manifest's (to compare them).
+    #[arg(long, value_parser = ["stretch", "pad"])]
+    fit: Option<String>,
+    /// Padding pixel value with --fit pad (default: the manifest's, else the input's mean).
+    #[arg(long, requires = "fit")]
+    pad_value: Option<f32>,
 }
 
 #[derive(Subcommand)]
@@ -387,6 +393,10 @@ fn eval_segment(args: &SegmentArgs) -> anyhow::Result<ExitCode> {
     use edgeseg::eval;
     let session = offline_session(&args.model, args.threads)?;
     let mut model = edgeseg::infer::Model::load(&session)?;
+    if let Some(fit) = &args.fit {
+        let fit = if fit == "pad" { edgeseg::infer::Fit::Pad } else { edgeseg::infer::Fit::Stretch };
+        model.manifest = model.manifest.with_fit(fit, args.pad_value)?;
+    }
     let classes = model.manifest.output.classes.len();
     let dataset = eval::Dataset::open(&args.data, args.list.as_deref(), classes)?;
     let options =
@@ -395,7 +405,7 @@ fn eval_segment(args: &SegmentArgs) -> anyhow::Result<ExitCode> {
     let result = eval::evaluate(&mut model, &dataset, &options, &mut progress)?;
     let written = result.write(&args.out)?;
     let summary = result.summary();
-    println!("eval segment: {} on {}", summary.model, summary.data.display());
+    println!("eval segment: {} (fit {}) on {}", summary.model, summary.fit, summary.data.display());
     for line in summary.headline() {
         println!("  {line}");
     }
