@@ -248,6 +248,9 @@ fn print_summary(s: &RunSummary) {
     }
     let queues: Vec<String> = s.queues.iter().map(|q| format!("{} {}/{}", q.name, q.max_depth, q.capacity)).collect();
     println!("  max queue depth: {}", queues.join(", "));
+    let memory = s.frame_memory;
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    println!("  frame memory in flight: peak {:.1} MiB of {:.0} MiB", mib(memory.peak_bytes), mib(memory.budget_bytes));
     if let Some(r) = &s.remote {
         println!(
             "  remote: sent {} answered {} failures {} rtt {:.1} ms worker queue {:.1} ms",
