@@ -2,6 +2,7 @@
 # make test: set up, build, and run every test.
 # make install [DESTDIR=...] [PREFIX=/usr/local]: the services (systemd/README.md).
 CARGO ?= cargo
+ASSETS ?= $(or $(EDGESEG_ASSETS),../shared/assets)
 
 # Where `make install` puts things. DESTDIR is prepended to every path (staging, packaging);
 # the other variables are the paths on the target machine.
@@ -39,10 +40,16 @@ test: setup
 
 bench: bench-pipeline bench-transport
 
+# The edge pipeline with the small network (the edge's own), then with the large one on the edge
+# (what a frame costs when it cannot go remote): the real networks when the assets are there,
+# the fixture networks otherwise.
 bench-pipeline: build
-	target/release/edgeseg bench pipeline --config config/edge.toml --input fixtures/bench.mp4 --out out/bench
-	target/release/edgeseg bench pipeline --config config/edge.toml --input fixtures/bench.mp4 --out out/bench \
-	  --set model.manifest=../models/large.toml
+	@if [ -f "$(ASSETS)/models/deeplabv3_mnv2_voc_513_fp32.onnx" ]; then small=deeplab-small; large=deeplab-large-fp32; \
+	 else small=small; large=large; echo "bench-pipeline: no real networks in $(ASSETS): fixture networks"; fi; \
+	for model in $$small $$large; do \
+	  target/release/edgeseg bench pipeline --config config/edge.toml --input fixtures/bench.mp4 --out out/bench \
+	    --set model.manifest=../models/$$model.toml || exit 1; \
+	done
 
 bench-transport: build
 	target/release/edgeseg bench transport

@@ -241,13 +241,21 @@ pub struct TlsPaths {
 }
 
 /// `[ingest]`. `pipeline` has no default: it must be set.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IngestConfig {
     pub pipeline: PathBuf,
     pub live: Liveness,
+    /// Threads per software decoder; 0 leaves the decoder's own choice.
+    pub decoder_threads: u32,
     #[serde(deserialize_with = "scalar_strings")]
     pub params: BTreeMap<String, String>,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig { pipeline: PathBuf::new(), live: Liveness::default(), decoder_threads: 1, params: BTreeMap::new() }
+    }
 }
 
 /// Pipeline parameters are substituted as text, but `width = 640` should not need quotes.
@@ -292,11 +300,23 @@ impl Default for SessionConfig {
 pub struct PipelineConfig {
     pub queue_capacity: Count<1024>,
     pub reorder_window: Count<100_000>,
+    /// Bound on the memory of all frames in flight, pixels and class maps (MiB).
+    pub max_frame_mib_in_flight: Count<65_536>,
 }
 
 impl Default for PipelineConfig {
     fn default() -> Self {
-        PipelineConfig { queue_capacity: Count::literal(4), reorder_window: Count::literal(256) }
+        PipelineConfig {
+            queue_capacity: Count::literal(4),
+            reorder_window: Count::literal(256),
+            max_frame_mib_in_flight: Count::literal(32),
+        }
+    }
+}
+
+impl PipelineConfig {
+    pub fn max_frame_bytes_in_flight(&self) -> u64 {
+        self.max_frame_mib_in_flight.get() as u64 * 1024 * 1024
     }
 }
 
@@ -688,6 +708,8 @@ impl EdgeConfig {
     fn validate(&self, c: &mut Checker) {
         c.file("ingest.pipeline", &self.ingest.pipeline, "see pipelines/ for ready descriptions");
         c.file("model.manifest", &self.model.manifest, "see models/*.toml");
+        let threads = self.ingest.decoder_threads;
+        c.check(threads <= 64, "ingest.decoder_threads", threads, "is outside 0..=64 (0 = the decoder's own choice)");
         c.check(!self.output.dir.as_os_str().is_empty(), "output.dir", "(missing)", "must be set");
         c.check((0.0..=1.0).contains(&self.output.overlay_alpha), "output.overlay_alpha", self.output.overlay_alpha, "is outside 0..=1");
         let interval = self.output.metrics_interval_ms.units();
@@ -802,6 +824,8 @@ mod tests {
         assert_eq!((minimal.remote.every_nth, minimal.remote.max_in_flight), (defaults.every_nth, defaults.max_in_flight));
         assert_eq!(minimal.output.metrics_interval_ms.period(), Some(Duration::from_secs(1)));
         assert_eq!(minimal.model.intra_threads.get(), 2);
+        assert_eq!(minimal.pipeline.max_frame_bytes_in_flight(), 32 << 20);
+        assert_eq!(minimal.ingest.decoder_threads, 1);
         assert_eq!(minimal.output.dir, dir.path().join("out"), "relative to the file");
         assert_eq!(minimal.metrics.listen, None, "no port is opened unless asked for");
         assert_eq!((minimal.health.stall_s.get(), minimal.health.live_silence_s.period()), (Duration::from_secs(10), None));
@@ -825,6 +849,9 @@ mod tests {
             ("pipeline.queue_capacity=0", "pipeline.queue_capacity = 0", "is outside 1..=1024"),
             ("pipeline.queue_capacity=5000", "pipeline.queue_capacity = 5000", "is outside 1..=1024"),
             ("pipeline.reorder_window=-1", "pipeline.reorder_window = -1", "is outside 1..=100000"),
+            ("pipeline.max_frame_mib_in_flight=0", "pipeline.max_frame_mib_in_flight = 0", "is outside 1..=65536"),
+            ("ingest.decoder_threads=65", "ingest.decoder_threads = 65", "is outside 0..=64"),
+            ("ingest.decoder_threads=-1", "ingest.decoder_threads = -1", "is not accepted"),
             ("model.intra_threads=0", "model.intra_threads = 0", "is outside 1..=64"),
             ("model.inter_threads=65", "model.inter_threads = 65", "is outside 1..=64"),
             ("model.optimization=\"most\"", "model.optimization = most", "unknown variant"),

@@ -141,6 +141,12 @@ struct SegmentArgs {
     /// Threads decoding images and masks while the network runs.
     #[arg(long, default_value_t = 2)]
     decode_threads: usize,
+    /// Fit images to the input this way instead of the manifest's (to compare them).
+    #[arg(long, value_parser = ["stretch", "pad"])]
+    fit: Option<String>,
+    /// Padding pixel value with --fit pad (default: the manifest's, else the input's mean).
+    #[arg(long, requires = "fit")]
+    pad_value: Option<f32>,
 }
 
 #[derive(Subcommand)]
@@ -244,6 +250,9 @@ fn print_summary(s: &RunSummary) {
     }
     let queues: Vec<String> = s.queues.iter().map(|q| format!("{} {}/{}", q.name, q.max_depth, q.capacity)).collect();
     println!("  max queue depth: {}", queues.join(", "));
+    let memory = s.frame_memory;
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    println!("  frame memory in flight: peak {:.1} MiB of {:.0} MiB", mib(memory.peak_bytes), mib(memory.budget_bytes));
     if let Some(r) = &s.remote {
         println!(
             "  remote: sent {} answered {} failures {} rtt {:.1} ms worker queue {:.1} ms",
@@ -398,6 +407,10 @@ fn eval_segment(args: &SegmentArgs) -> anyhow::Result<ExitCode> {
     use edgeseg::eval;
     let session = offline_session(&args.model, args.threads)?;
     let mut model = edgeseg::infer::Model::load(&session)?;
+    if let Some(fit) = &args.fit {
+        let fit = if fit == "pad" { edgeseg::infer::Fit::Pad } else { edgeseg::infer::Fit::Stretch };
+        model.manifest = model.manifest.with_fit(fit, args.pad_value)?;
+    }
     let classes = model.manifest.output.classes.len();
     let dataset = eval::Dataset::open(&args.data, args.list.as_deref(), classes)?;
     let options =
@@ -406,7 +419,7 @@ fn eval_segment(args: &SegmentArgs) -> anyhow::Result<ExitCode> {
     let result = eval::evaluate(&mut model, &dataset, &options, &mut progress)?;
     let written = result.write(&args.out)?;
     let summary = result.summary();
-    println!("eval segment: {} on {}", summary.model, summary.data.display());
+    println!("eval segment: {} (fit {}) on {}", summary.model, summary.fit, summary.data.display());
     for line in summary.headline() {
         println!("  {line}");
     }

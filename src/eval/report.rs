@@ -18,6 +18,8 @@ pub const HISTOGRAM_BINS: usize = 10;
 pub struct Summary {
     pub model: String,
     pub manifest: PathBuf,
+    /// How images were fitted to the network's input.
+    pub fit: String,
     pub data: PathBuf,
     pub images: usize,
     pub skipped: usize,
@@ -156,6 +158,7 @@ impl SegmentEval {
         Summary {
             model: self.model.clone(),
             manifest: self.manifest.clone(),
+            fit: self.fit.clone(),
             data: self.data.clone(),
             images: self.images.len(),
             skipped: self.skipped.len(),
@@ -274,7 +277,7 @@ impl Summary {
 
     pub fn markdown(&self) -> String {
         let mut md = format!("# eval segment: {} on {}\n\n", self.model, self.data.display());
-        let _ = writeln!(md, "Model manifest `{}`.\n", self.manifest.display());
+        let _ = writeln!(md, "Model manifest `{}`, input fit {}.\n", self.manifest.display(), self.fit);
         for line in self.headline() {
             let _ = writeln!(md, "- {line}");
         }
@@ -342,6 +345,7 @@ mod tests {
         SegmentEval {
             model: "hand".into(),
             manifest: "hand.toml".into(),
+            fit: "stretch".into(),
             data: "set".into(),
             class_names: vec!["background".into(), "one".into(), "two".into(), "three".into()],
             images,

@@ -147,6 +147,8 @@ pub struct Skipped {
 pub struct SegmentEval {
     pub model: String,
     pub manifest: PathBuf,
+    /// How frames were fitted to the input (`stretch`, `pad (128)`): `--fit` may differ from the manifest.
+    pub fit: String,
     pub data: PathBuf,
     pub class_names: Vec<String>,
     /// Per image, in the data set's order.
@@ -236,6 +238,7 @@ pub fn evaluate(
     Ok(SegmentEval {
         model: model.manifest.name.clone(),
         manifest: model.manifest.path.clone(),
+        fit: fit_label(&model.manifest),
         data: dataset.root().to_path_buf(),
         class_names: model.manifest.output.classes.clone(),
         images,
@@ -244,6 +247,13 @@ pub fn evaluate(
         total,
         wall_s: started.elapsed().as_secs_f64(),
     })
+}
+
+fn fit_label(manifest: &crate::infer::ModelManifest) -> String {
+    match manifest.input.pad_value {
+        Some(value) => format!("{} ({value})", manifest.input.fit.name()),
+        None => manifest.input.fit.name().to_string(),
+    }
 }
 
 fn score_sample(model: &mut Model, dataset: &Dataset, sample: &Sample, classes: usize, decode_ms: f64) -> Result<ImageScore, EvalError> {

@@ -72,6 +72,15 @@ pub enum Fit {
     Pad,
 }
 
+impl Fit {
+    pub fn name(self) -> &'static str {
+        match self {
+            Fit::Stretch => "stretch",
+            Fit::Pad => "pad",
+        }
+    }
+}
+
 /// What the network's output holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -149,6 +158,20 @@ impl ModelManifest {
         m.onnx = if onnx.is_relative() { path.parent().unwrap_or(Path::new(".")).join(onnx) } else { onnx };
         m.validate()?;
         Ok(m)
+    }
+
+    /// The same network with frames fitted another way, for offline comparisons (`eval segment
+    /// --fit`). Padding takes `pad_value`, else the manifest's, else the input's mean pixel (0
+    /// after normalisation); the result is checked like a loaded manifest.
+    pub fn with_fit(&self, fit: Fit, pad_value: Option<f32>) -> Result<Self, ManifestError> {
+        let mut refitted = self.clone();
+        refitted.input.fit = fit;
+        refitted.input.pad_value = match fit {
+            Fit::Stretch => None,
+            Fit::Pad => pad_value.or(self.input.pad_value).or_else(|| Some(self.input.mean.map_or(128.0, |m| m.iter().sum::<f32>() / 3.0))),
+        };
+        refitted.validate()?;
+        Ok(refitted)
     }
 
     /// Values in one preprocessed image (`3 × height × width`), the input tensor's per-image size.
@@ -291,6 +314,27 @@ classes = ["a", "b"]
         let m = load_text(dir.path(), UINT8_PAD).unwrap();
         assert_eq!(m.input_shape(2), [2, 513, 513, 3]);
         assert_eq!(m.normalization(), Normalization { gain: [1.0; 3], offset: [0.0; 3] });
+    }
+
+    #[test]
+    fn a_refitted_manifest_gets_a_pad_value_or_loses_it_and_is_checked_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let padded = load_text(dir.path(), UINT8_PAD).unwrap();
+        let stretched = padded.with_fit(Fit::Stretch, None).unwrap();
+        assert_eq!((stretched.input.fit, stretched.input.pad_value), (Fit::Stretch, None));
+        assert_eq!(stretched.with_fit(Fit::Pad, None).unwrap().input.pad_value, Some(128.0), "no mean: mid-grey");
+        assert_eq!(padded.with_fit(Fit::Pad, Some(0.0)).unwrap().input.pad_value, Some(0.0));
+        let err = padded.with_fit(Fit::Pad, Some(0.5)).unwrap_err().to_string();
+        assert!(err.contains("input.pad_value = 0.5 must be a whole number"), "{err}");
+        let float = load_text(
+            dir.path(),
+            &UINT8_PAD
+                .replace("dtype = \"uint8\"", "dtype = \"float32\"\nscale = 1.0\nmean = [100.0, 110.0, 120.0]\nstd = [1.0, 1.0, 1.0]"),
+        )
+        .unwrap()
+        .with_fit(Fit::Stretch, None)
+        .unwrap();
+        assert_eq!(float.with_fit(Fit::Pad, None).unwrap().input.pad_value, Some(110.0), "the mean pixel, 0 after normalisation");
     }
 
     #[test]

@@ -5,13 +5,23 @@
 //! file waits for the pipeline (nothing is ever dropped), a live source must never be slowed down
 //! by a slow consumer, so the oldest queued frame is dropped and counted instead.
 //!
-//! The ingest thread sleeps until something happens: the appsink and the bus wake it when a
-//! frame, the end of the stream or an error arrives, and a [`Shutdown`] request wakes it to stop.
+//! Memory: a frame is made only once the pipeline's [`FrameBudget`] has room for it (a replay
+//! waits; a live source drops instead, the oldest queued frame first). Frames are made on the
+//! streaming thread that decoded them, in the appsink's callback, so no decoded frame waits in
+//! a queue in between; the appsink takes raw video in whatever format the source gives (decoders
+//! give I420, half the bytes of BGR) and it is converted to BGR straight into the frame, so no
+//! BGR copy waits inside GStreamer either; decoders hand over their own padded buffers (video
+//! meta) and run with few threads, each of which holds frames of its own.
+//!
+//! The ingest thread only waits for the end: the appsink and the bus wake it when the stream
+//! ends or fails, and a [`Shutdown`] request wakes it to stop.
+
+mod budget;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Sender, TrySendError};
@@ -24,6 +34,7 @@ use crate::config::Liveness;
 pub use crate::frame::Frame;
 use crate::gst_support::pop_message;
 use crate::shutdown::Shutdown;
+pub use budget::FrameBudget;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -41,8 +52,12 @@ pub enum IngestError {
     Element { origin: String, element: String, message: String, debug: Option<String>, hint: String },
     #[error("pipeline {origin} could not start: {message}")]
     Start { origin: String, message: String },
-    #[error("pipeline {origin} delivered a sample without usable video caps (expected raw BGR video): {message}")]
+    #[error("pipeline {origin} delivered a sample without usable video caps (expected raw video in system memory): {message}")]
     Caps { origin: String, message: String },
+    #[error(
+        "pipeline {origin} delivered {format} video that cannot be converted to BGR: {message} (put `videoconvert !` before the appsink)"
+    )]
+    Convert { origin: String, format: String, message: String },
 }
 
 /// A pipeline description with its `${name}` parameters substituted.
@@ -88,49 +103,113 @@ pub struct IngestStats {
     pub live: AtomicBool,
 }
 
-/// A started GStreamer pipeline whose frames are pulled by [`Source::run`].
+/// How the ingest runs a source: what the configuration says about it and about frame memory.
+#[derive(Debug, Clone)]
+pub struct IngestOptions {
+    pub liveness: Liveness,
+    /// Frames waiting for the next stage at most.
+    pub capacity: usize,
+    /// Threads of each software decoder in the pipeline (`max-threads` of the libav decoders);
+    /// 0 leaves the decoder's own choice. Every decoder thread holds frames of its own.
+    pub decoder_threads: u32,
+    pub budget: FrameBudget,
+}
+
+impl Default for IngestOptions {
+    fn default() -> Self {
+        IngestOptions { liveness: Liveness::Auto, capacity: 4, decoder_threads: 1, budget: FrameBudget::unlimited() }
+    }
+}
+
+/// A started GStreamer pipeline. Frames are made on GStreamer's streaming thread, in the
+/// appsink's new-sample callback ([`Delivery`]); [`Source::run`] waits for the end.
 pub struct Source {
     spec: PipelineSpec,
     pipeline: gst::Pipeline,
     appsink: gst_app::AppSink,
     live: bool,
-    /// Ready when the appsink holds a new sample or reached the end, or the bus got an error.
+    /// Ready when the stream ended, the bus got an error, or the delivery stopped.
     wake: Receiver<()>,
+    delivery: Arc<DeliveryOutcome>,
 }
 
-/// A channel the appsink and the bus nudge from GStreamer's threads. One pending nudge is
-/// enough: the ingest thread takes everything there is each time it wakes.
-fn wake_on_news(pipeline: &gst::Pipeline, appsink: &gst_app::AppSink) -> Receiver<()> {
-    let (nudge, wake) = crossbeam_channel::bounded(1);
-    let (on_sample, on_eos) = (nudge.clone(), nudge.clone());
-    appsink.set_callbacks(
-        gst_app::AppSinkCallbacks::builder()
-            // The sample stays queued in the appsink (its queue and drop policy apply as before);
-            // the ingest thread pulls it.
-            .new_sample(move |_| {
-                let _ = on_sample.try_send(());
-                Ok(gst::FlowSuccess::Ok)
-            })
-            .eos(move |_| {
-                let _ = on_eos.try_send(());
-            })
-            .build(),
-    );
-    if let Some(bus) = pipeline.bus() {
-        bus.set_sync_handler(move |_, message| {
-            if message.type_() == gst::MessageType::Error {
-                let _ = nudge.try_send(());
+/// What the delivery tells the ingest thread.
+#[derive(Default)]
+struct DeliveryOutcome {
+    /// A frame could not be made; the run ends with it.
+    failure: Mutex<Option<IngestError>>,
+    /// The consumer is gone or a stop was requested: no more frames are taken.
+    stopped: AtomicBool,
+}
+
+/// Turns each sample into a frame, on the streaming thread that produced it, as soon as the
+/// frame budget has room, and sends it on. Doing it there, instead of on a thread pulling from
+/// the appsink's queue, keeps no decoded frame waiting in between (at 4K, 12 MB each).
+struct Delivery {
+    origin: String,
+    tx: Sender<Frame>,
+    /// A receiver of the same channel, to drop the oldest queued frame of a live source.
+    queued: Receiver<Frame>,
+    stats: Arc<IngestStats>,
+    budget: FrameBudget,
+    shutdown: Shutdown,
+    seq: u64,
+    /// Made for the caps of the first sample, remade when they change.
+    to_bgr: Option<ToBgr>,
+    outcome: Arc<DeliveryOutcome>,
+    nudge: Sender<()>,
+}
+
+/// Where frames go: the channel to the next stage, and what the source shares with the run.
+pub struct FrameOutlet {
+    pub tx: Sender<Frame>,
+    pub queued: Receiver<Frame>,
+    pub stats: Arc<IngestStats>,
+    pub shutdown: Shutdown,
+}
+
+/// Tells upstream that the appsink reads frames through their video meta (plane offsets and
+/// strides), so a decoder hands over its own padded buffers instead of copying each frame into
+/// a second pool of unpadded ones.
+fn accept_video_meta(appsink: &gst_app::AppSink) {
+    let Some(pad) = appsink.static_pad("sink") else { return };
+    pad.add_probe(gst::PadProbeType::QUERY_DOWNSTREAM | gst::PadProbeType::PUSH, |_, info| {
+        let Some(query) = info.query_mut() else { return gst::PadProbeReturn::Ok };
+        match query.view_mut() {
+            gst::QueryViewMut::Allocation(allocation) => {
+                allocation.add_allocation_meta::<gst_video::VideoMeta>(None);
+                gst::PadProbeReturn::Handled
             }
-            gst::BusSyncReply::Pass
-        });
+            _ => gst::PadProbeReturn::Ok,
+        }
+    });
+}
+
+/// Caps the threads of the software decoders, those written in the description and those that
+/// `decodebin` plugs in later. A decoder thread works on a frame of its own (at 4K, 12 MB each,
+/// plus the references it keeps), and on a small device the other stages need the cores anyway.
+fn limit_decoder_threads(pipeline: &gst::Pipeline, threads: u32) {
+    if threads == 0 {
+        return;
     }
-    wake
+    let threads = i32::try_from(threads).unwrap_or(i32::MAX);
+    let limit = move |element: &gst::Element| {
+        let is_decoder = element.factory().is_some_and(|f| f.has_type(gst::ElementFactoryType::DECODER));
+        if is_decoder && element.find_property("max-threads").is_some_and(|p| p.value_type() == i32::static_type()) {
+            element.set_property("max-threads", threads);
+        }
+    };
+    for element in pipeline.iterate_recurse().into_iter().flatten() {
+        limit(&element);
+    }
+    pipeline.connect_deep_element_added(move |_, _, element| limit(element));
 }
 
 impl Source {
     /// Parses and starts the pipeline; a live source is detected from GStreamer's state change
-    /// (live sources do not preroll) unless the configuration says otherwise.
-    pub fn start(spec: PipelineSpec, liveness: Liveness) -> Result<Self, IngestError> {
+    /// (live sources do not preroll) unless the configuration says otherwise. Frames start
+    /// flowing into `outlet` at once.
+    pub fn start(spec: PipelineSpec, options: &IngestOptions, outlet: FrameOutlet) -> Result<Self, IngestError> {
         crate::gst_support::init().map_err(|e| IngestError::Init(e.to_string()))?;
         let element = gst::parse::launch(&spec.description)
             .map_err(|e| IngestError::Parse { origin: spec.origin.clone(), message: e.to_string() })?;
@@ -143,145 +222,263 @@ impl Source {
             }
         };
         let appsink = find_appsink(&pipeline).ok_or_else(|| IngestError::NoAppsink { origin: spec.origin.clone() })?;
-        appsink.set_caps(Some(&gst::Caps::builder("video/x-raw").field("format", "BGR").build()));
+        // Any raw format in system memory: converting to BGR here, into the frame itself, keeps
+        // no BGR copy waiting in GStreamer (decoders give I420, half the bytes).
+        appsink.set_caps(Some(&gst::Caps::builder("video/x-raw").build()));
         appsink.set_property("sync", false);
-        appsink.set_max_buffers(2);
-        let wake = wake_on_news(&pipeline, &appsink);
+        appsink.set_max_buffers(1);
+        accept_video_meta(&appsink);
+        limit_decoder_threads(&pipeline, options.decoder_threads);
+
+        let (nudge, wake) = crossbeam_channel::bounded(1);
+        let delivery = Arc::new(DeliveryOutcome::default());
+        let mut deliver = Delivery {
+            origin: spec.origin.clone(),
+            tx: outlet.tx,
+            queued: outlet.queued,
+            stats: outlet.stats,
+            budget: options.budget.clone(),
+            shutdown: outlet.shutdown,
+            seq: 0,
+            to_bgr: None,
+            outcome: delivery.clone(),
+            nudge: nudge.clone(),
+        };
+        let stats = deliver.stats.clone();
+        let on_eos = nudge.clone();
+        appsink.set_callbacks(
+            gst_app::AppSinkCallbacks::builder()
+                .new_sample(move |appsink| deliver.take(appsink))
+                .eos(move |_| {
+                    let _ = on_eos.try_send(());
+                })
+                .build(),
+        );
+        if let Some(bus) = pipeline.bus() {
+            bus.set_sync_handler(move |_, message| {
+                if message.type_() == gst::MessageType::Error {
+                    let _ = nudge.try_send(());
+                }
+                gst::BusSyncReply::Pass
+            });
+        }
 
         // As gst-launch does: PAUSED first, where a live source answers NO_PREROLL (that is how
         // GStreamer says "live") and anything else prerolls its first frame or fails; PLAYING
         // only after that, so a failing source is never raced by the second state change.
         let paused = pipeline.set_state(gst::State::Paused);
+        let live = match options.liveness {
+            Liveness::Auto => matches!(paused, Ok(gst::StateChangeSuccess::NoPreroll)),
+            Liveness::Live => true,
+            Liveness::Replay => false,
+        };
+        // Before PLAYING: the first frame must already see the right drop policy. A live source
+        // must never wait on us: the appsink discards too if we ever fall behind.
+        stats.live.store(live, Ordering::Relaxed);
+        appsink.set_drop(live);
         let prerolled = match paused {
             Ok(gst::StateChangeSuccess::Async) => pipeline.state(gst::ClockTime::from_seconds(10)).0,
             other => other,
         };
         let playing = prerolled.and_then(|_| pipeline.set_state(gst::State::Playing));
+        let source = Source { spec, pipeline, appsink, live, wake, delivery };
         if playing.is_err() {
-            let err = bus_error(&pipeline, &spec.origin, Duration::from_secs(2)).unwrap_or_else(|| IngestError::Start {
-                origin: spec.origin.clone(),
+            let err = bus_error(&source.pipeline, &source.spec.origin, Duration::from_secs(2)).unwrap_or_else(|| IngestError::Start {
+                origin: source.spec.origin.clone(),
                 message: "state change to PLAYING failed".to_string(),
             });
-            let _ = pipeline.set_state(gst::State::Null);
+            source.stop();
             return Err(err);
         }
-        let live = matches!(paused, Ok(gst::StateChangeSuccess::NoPreroll));
-        let live = match liveness {
-            Liveness::Auto => live,
-            Liveness::Live => true,
-            Liveness::Replay => false,
-        };
-        // A live source must never wait on us: let the appsink discard too if we ever fall behind.
-        appsink.set_drop(live);
-        Ok(Source { spec, pipeline, appsink, live, wake })
+        Ok(source)
     }
 
     pub fn is_live(&self) -> bool {
         self.live
     }
 
-    /// Pulls frames until end of stream, an error, or a shutdown request. Live sources drop
-    /// the oldest queued frame when `tx` is full (it holds `rx_for_drop`, a receiver of the same
-    /// channel, to do so); replayed files block.
-    pub fn run(self, tx: Sender<Frame>, rx_for_drop: Receiver<Frame>, stats: &IngestStats, shutdown: &Shutdown) -> Result<(), IngestError> {
-        stats.live.store(self.live, Ordering::Relaxed);
-        // Replay never drops, and holding a receiver would hide a consumer that went away.
-        let rx_for_drop = self.live.then_some(rx_for_drop);
-        let result = self.pull_loop(&tx, rx_for_drop.as_ref(), stats, shutdown);
-        let _ = self.pipeline.set_state(gst::State::Null);
-        result
-    }
-
-    fn pull_loop(
-        &self,
-        tx: &Sender<Frame>,
-        rx_for_drop: Option<&Receiver<Frame>>,
-        stats: &IngestStats,
-        shutdown: &Shutdown,
-    ) -> Result<(), IngestError> {
-        let mut seq = 0u64;
-        let mut failed: Option<IngestError> = None;
-        loop {
+    /// Waits until end of stream, an error, or a shutdown request. Frames made before an error
+    /// were already sent on; the error then ends the run.
+    pub fn run(self, shutdown: &Shutdown) -> Result<(), IngestError> {
+        let result = loop {
             if shutdown.is_requested() {
                 tracing::info!(origin = %self.spec.origin, "stop requested, ingest ends");
-                return Ok(());
+                break Ok(());
             }
-            if failed.is_none() {
-                failed = bus_error(&self.pipeline, &self.spec.origin, Duration::ZERO);
+            if let Some(err) = self.delivery.failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take() {
+                break Err(err);
             }
-            if let Some(err) = failed.take() {
-                // Frames decoded before the error are still delivered; then the error ends the run.
-                match self.appsink.try_pull_sample(gst::ClockTime::ZERO) {
-                    Some(sample) => {
-                        if !self.deliver(&sample, &mut seq, tx, rx_for_drop, stats, shutdown)? {
-                            return Err(err);
-                        }
-                        failed = Some(err);
-                        continue;
-                    }
-                    None => return Err(err),
-                }
+            if let Some(err) = bus_error(&self.pipeline, &self.spec.origin, Duration::ZERO) {
+                break Err(err);
             }
-            match self.appsink.try_pull_sample(gst::ClockTime::ZERO) {
-                Some(sample) => {
-                    if !self.deliver(&sample, &mut seq, tx, rx_for_drop, stats, shutdown)? {
-                        return Ok(());
-                    }
-                    continue;
-                }
-                None if self.appsink.is_eos() => {
-                    // An error can race with EOS; an error wins so a corrupt file is not reported as complete.
-                    return match bus_error(&self.pipeline, &self.spec.origin, Duration::from_millis(50)) {
-                        Some(err) => Err(err),
-                        None => Ok(()),
-                    };
-                }
-                None => {}
+            if self.appsink.is_eos() {
+                // An error can race with EOS; an error wins so a corrupt file is not reported as complete.
+                break match bus_error(&self.pipeline, &self.spec.origin, Duration::from_millis(50)) {
+                    Some(err) => Err(err),
+                    None => Ok(()),
+                };
+            }
+            if self.delivery.stopped.load(Ordering::Acquire) {
+                break Ok(());
             }
             // Nothing to do until GStreamer has news or someone asks us to stop.
             select! {
                 recv(self.wake) -> _ => {}
                 recv(shutdown.requested()) -> _ => {}
             }
+        };
+        self.stop();
+        result
+    }
+
+    /// Stops the pipeline and drops the delivery, whose sender closes the frame channel.
+    fn stop(self) {
+        let _ = self.pipeline.set_state(gst::State::Null);
+        self.appsink.set_callbacks(gst_app::AppSinkCallbacks::builder().build());
+    }
+}
+
+impl Delivery {
+    /// The new-sample callback: an error flow stops the streaming thread without a bus message
+    /// of its own (`Flushing`), or with GStreamer's generic one (`Error`, after our failure was
+    /// recorded for the ingest thread to report).
+    fn take(&mut self, appsink: &gst_app::AppSink) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let sample = appsink.pull_sample().map_err(|_| gst::FlowError::Flushing)?;
+        let delivered = self.deliver(&sample);
+        drop(sample);
+        match delivered {
+            Ok(true) => Ok(gst::FlowSuccess::Ok),
+            Ok(false) => {
+                self.outcome.stopped.store(true, Ordering::Release);
+                let _ = self.nudge.try_send(());
+                Err(gst::FlowError::Flushing)
+            }
+            Err(err) => {
+                self.outcome.failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get_or_insert(err);
+                let _ = self.nudge.try_send(());
+                Err(gst::FlowError::Error)
+            }
         }
     }
 
-    /// Sends one frame on; `false` when the consumer is gone or a stop was requested.
-    fn deliver(
-        &self,
-        sample: &gst::Sample,
-        seq: &mut u64,
-        tx: &Sender<Frame>,
-        rx_for_drop: Option<&Receiver<Frame>>,
-        stats: &IngestStats,
-        shutdown: &Shutdown,
-    ) -> Result<bool, IngestError> {
-        let frame = frame_from_sample(sample, *seq, &self.spec.origin)?;
-        *seq += 1;
-        stats.frames_in.fetch_add(1, Ordering::Relaxed);
-        if let Some(rx_for_drop) = rx_for_drop {
-            let mut pending = frame;
-            loop {
-                match tx.try_send(pending) {
-                    Ok(()) => break,
-                    Err(TrySendError::Full(back)) => {
-                        if rx_for_drop.try_recv().is_ok() {
-                            stats.dropped.fetch_add(1, Ordering::Relaxed);
-                        }
-                        pending = back;
-                    }
-                    Err(TrySendError::Disconnected(_)) => return Ok(false),
-                }
+    /// Sends one frame on; `false` when the consumer is gone or a stop was requested. The frame
+    /// is made only once the budget has room for it.
+    fn deliver(&mut self, sample: &gst::Sample) -> Result<bool, IngestError> {
+        let info = sample_info(sample, &self.origin)?;
+        let bytes = FrameBudget::frame_bytes(info.width(), info.height());
+        let position = self.seq;
+        self.seq += 1;
+        self.stats.frames_in.fetch_add(1, Ordering::Relaxed);
+        if !self.stats.live.load(Ordering::Relaxed) {
+            // Replay: wait for room (nothing is lost), unless a stop is requested meanwhile.
+            if !self.budget.reserve(bytes, &self.shutdown) {
+                return Ok(false);
             }
-        } else {
-            // Block (replay loses nothing), unless a stop is requested meanwhile (a failed stage).
-            select! {
-                send(tx, frame) -> sent => return Ok(sent.is_ok()),
-                recv(shutdown.requested()) -> _ => return Ok(false),
+            let frame = self.frame_from_sample(sample, &info, position).inspect_err(|_| self.budget.release(bytes))?;
+            let sent = select! {
+                send(self.tx, frame) -> sent => sent.is_ok(),
+                recv(self.shutdown.requested()) -> _ => false,
+            };
+            if !sent {
+                self.budget.release(bytes);
+            }
+            return Ok(sent);
+        }
+        // Live: never wait. Room is made by dropping the oldest queued frame; when every frame in
+        // flight is already past the queue, this one is dropped.
+        while !self.budget.try_reserve(bytes) {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            match self.queued.try_recv() {
+                Ok(oldest) => self.budget.release_frame(&oldest),
+                Err(_) => return Ok(true),
             }
         }
-        Ok(true)
+        let mut pending = self.frame_from_sample(sample, &info, position).inspect_err(|_| self.budget.release(bytes))?;
+        loop {
+            match self.tx.try_send(pending) {
+                Ok(()) => return Ok(true),
+                Err(TrySendError::Full(back)) => {
+                    if let Ok(oldest) = self.queued.try_recv() {
+                        self.budget.release_frame(&oldest);
+                        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    pending = back;
+                }
+                Err(TrySendError::Disconnected(_)) => return Ok(false),
+            }
+        }
     }
+
+    fn frame_from_sample(&mut self, sample: &gst::Sample, info: &gst_video::VideoInfo, seq: u64) -> Result<Frame, IngestError> {
+        let origin = &self.origin;
+        let caps_err = |message: String| IngestError::Caps { origin: origin.clone(), message };
+        let buffer = sample.buffer().ok_or_else(|| caps_err("sample has no buffer".to_string()))?;
+        let input = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, info).map_err(|e| caps_err(e.to_string()))?;
+        let convert_err = |e: gst::glib::BoolError| IngestError::Convert {
+            origin: origin.clone(),
+            format: info.format().to_str().to_string(),
+            message: e.to_string(),
+        };
+        let to_bgr = match self.to_bgr.take() {
+            Some(to_bgr) if to_bgr.input == *info => to_bgr,
+            _ => ToBgr::new(info).map_err(convert_err)?,
+        };
+        let bgr = to_bgr.convert(&input).map_err(convert_err)?;
+        self.to_bgr = Some(to_bgr);
+        Ok(Frame {
+            seq,
+            pts: buffer.pts().map(|t| Duration::from_nanos(t.nseconds())),
+            width: info.width(),
+            height: info.height(),
+            bgr,
+            captured_at: Instant::now(),
+        })
+    }
+}
+
+/// GStreamer's own converter (what `videoconvert` runs: any raw format, the caps' colour matrix)
+/// writing tightly packed BGR straight into the frame's vector.
+struct ToBgr {
+    input: gst_video::VideoInfo,
+    output: gst_video::VideoInfo,
+    converter: gst_video::VideoConverter,
+}
+
+impl ToBgr {
+    fn new(input: &gst_video::VideoInfo) -> Result<Self, gst::glib::BoolError> {
+        let (width, height) = (input.width(), input.height());
+        let row = width as usize * 3;
+        let stride = [i32::try_from(row).map_err(|_| gst::glib::bool_error!("frame is {width} pixels wide"))?];
+        let output = gst_video::VideoInfo::builder(gst_video::VideoFormat::Bgr, width, height)
+            .fps(input.fps())
+            .par(input.par())
+            .interlace_mode(input.interlace_mode())
+            .stride(&stride)
+            .offset(&[0])
+            .size(row * height as usize)
+            .build()?;
+        let converter = gst_video::VideoConverter::new(input, &output, None)?;
+        Ok(ToBgr { input: input.clone(), output, converter })
+    }
+
+    fn convert(&self, input: &gst_video::VideoFrameRef<&gst::BufferRef>) -> Result<Vec<u8>, gst::glib::BoolError> {
+        let mut buffer = gst::Buffer::new();
+        let target = buffer.get_mut().ok_or_else(|| gst::glib::bool_error!("a new buffer is not writable"))?;
+        target.append_memory(gst::Memory::from_mut_slice(vec![0u8; self.output.size()]));
+        {
+            let mut output = gst_video::VideoFrameRef::from_buffer_ref_writable(target, &self.output)?;
+            self.converter.frame_ref(input, &mut output);
+        }
+        let memory = buffer.memory(0).ok_or_else(|| gst::glib::bool_error!("converted frame has no memory"))?;
+        drop(buffer);
+        memory.try_into_inner::<Vec<u8>>().map_err(|_| gst::glib::bool_error!("converted frame is still shared"))
+    }
+}
+
+fn sample_info(sample: &gst::Sample, origin: &str) -> Result<gst_video::VideoInfo, IngestError> {
+    let caps_err = |message: String| IngestError::Caps { origin: origin.to_string(), message };
+    let caps = sample.caps().ok_or_else(|| caps_err("sample has no caps".to_string()))?;
+    gst_video::VideoInfo::from_caps(caps).map_err(|e| caps_err(e.to_string()))
 }
 
 fn find_appsink(pipeline: &gst::Pipeline) -> Option<gst_app::AppSink> {
@@ -321,35 +518,6 @@ fn hint_for(element: &str, message: &str, debug: Option<&str>) -> String {
     format!(" ({hint})")
 }
 
-fn frame_from_sample(sample: &gst::Sample, seq: u64, origin: &str) -> Result<Frame, IngestError> {
-    let caps_err = |message: String| IngestError::Caps { origin: origin.to_string(), message };
-    let caps = sample.caps().ok_or_else(|| caps_err("sample has no caps".to_string()))?;
-    let info = gst_video::VideoInfo::from_caps(caps).map_err(|e| caps_err(e.to_string()))?;
-    if info.format() != gst_video::VideoFormat::Bgr {
-        return Err(caps_err(format!("format is {:?}", info.format())));
-    }
-    let buffer = sample.buffer().ok_or_else(|| caps_err("sample has no buffer".to_string()))?;
-    let map = buffer.map_readable().map_err(|e| caps_err(e.to_string()))?;
-    let (width, height) = (info.width() as usize, info.height() as usize);
-    let stride = info.stride()[0] as usize;
-    let row = width * 3;
-    if stride < row || map.len() < stride * (height.saturating_sub(1)) + row {
-        return Err(caps_err(format!("buffer of {} bytes is too small for {width}x{height} with stride {stride}", map.len())));
-    }
-    let mut bgr = Vec::with_capacity(row * height);
-    for y in 0..height {
-        bgr.extend_from_slice(&map[y * stride..y * stride + row]);
-    }
-    Ok(Frame {
-        seq,
-        pts: buffer.pts().map(|t| Duration::from_nanos(t.nseconds())),
-        width: width as u32,
-        height: height as u32,
-        bgr,
-        captured_at: Instant::now(),
-    })
-}
-
 /// Starts the pipeline on its own thread and returns the frame channel's receiver.
 pub struct IngestHandle {
     pub frames: Receiver<Frame>,
@@ -358,17 +526,14 @@ pub struct IngestHandle {
     pub thread: std::thread::JoinHandle<Result<(), IngestError>>,
 }
 
-pub fn spawn(spec: PipelineSpec, liveness: Liveness, capacity: usize, shutdown: Shutdown) -> Result<IngestHandle, IngestError> {
-    let source = Source::start(spec, liveness)?;
-    let live = source.is_live();
-    let (tx, rx) = crossbeam_channel::bounded(capacity);
+pub fn spawn(spec: PipelineSpec, options: &IngestOptions, shutdown: Shutdown) -> Result<IngestHandle, IngestError> {
+    let (tx, rx) = crossbeam_channel::bounded(options.capacity);
     let stats = Arc::new(IngestStats::default());
-    let thread_stats = stats.clone();
-    let rx_for_drop = rx.clone();
-    let thread = std::thread::Builder::new()
-        .name("ingest".into())
-        .spawn(move || source.run(tx, rx_for_drop, &thread_stats, &shutdown))
-        .expect("spawning the ingest thread");
+    let outlet = FrameOutlet { tx, queued: rx.clone(), stats: stats.clone(), shutdown: shutdown.clone() };
+    let source = Source::start(spec, options, outlet)?;
+    let live = source.is_live();
+    let thread =
+        std::thread::Builder::new().name("ingest".into()).spawn(move || source.run(&shutdown)).expect("spawning the ingest thread");
     Ok(IngestHandle { frames: rx, stats, live, thread })
 }
 
@@ -376,7 +541,7 @@ pub fn spawn(spec: PipelineSpec, liveness: Liveness, capacity: usize, shutdown: 
 /// twice; evaluation compares them with labels).
 pub fn collect_frames(spec: PipelineSpec, limit: usize) -> Result<Vec<Frame>, IngestError> {
     let shutdown = Shutdown::new();
-    let ingest = spawn(spec, Liveness::Replay, 4, shutdown.clone())?;
+    let ingest = spawn(spec, &IngestOptions { liveness: Liveness::Replay, ..IngestOptions::default() }, shutdown.clone())?;
     let frames: Vec<Frame> = ingest.frames.iter().take(limit).collect();
     shutdown.request();
     drop(ingest.frames);

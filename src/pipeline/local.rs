@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use super::PipelineError;
+use super::{PipelineError, PixelsDone};
 use crate::frame::{Job, MaskSource, Segmented};
 use crossbeam_channel::{Receiver, Sender};
 
@@ -33,6 +33,7 @@ fn ms_since(t: Instant) -> f64 {
 pub(super) fn preprocess(
     manifest: ModelManifest,
     spare: Receiver<InputBuffer>,
+    pixels: PixelsDone,
 ) -> impl FnMut(Job) -> Result<Prepared, PipelineError> + Send + 'static {
     move |mut job| {
         let t = Instant::now();
@@ -40,11 +41,15 @@ pub(super) fn preprocess(
         let image = input.image_mut(0).ok_or_else(|| InferError::Image { step: "preprocess", message: "empty input buffer".into() })?;
         let placement = crate::infer::preprocess(&job.frame.bgr, job.frame.width, job.frame.height, &manifest, image)?;
         job.latency_ms.insert("preprocess", ms_since(t));
+        pixels.done(&mut job.frame);
         Ok(Prepared { job, input, placement })
     }
 }
 
-pub(super) fn infer(mut model: Model, spare: Sender<InputBuffer>) -> impl FnMut(Prepared) -> Result<Inferred, PipelineError> + Send + 'static {
+pub(super) fn infer(
+    mut model: Model,
+    spare: Sender<InputBuffer>,
+) -> impl FnMut(Prepared) -> Result<Inferred, PipelineError> + Send + 'static {
     move |Prepared { mut job, input, placement }| {
         let t = Instant::now();
         let output = model.run(&input)?;

@@ -8,16 +8,18 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 use tokio::sync::Semaphore;
 
+use super::PixelsDone;
 use crate::frame::{Job, MaskSource, Segmented};
 use crate::remote::client::{RemoteClient, RemoteMask};
 
 /// The stage's body; it ends when `jobs` closes and every frame in flight is answered or given
 /// back. At most `max_in_flight` frames are out at once, so the decision stage feels
-/// back-pressure instead of frames queueing without limit.
+/// back-pressure instead of frames queueing without limit. A frame keeps its pixels until it is
+/// answered (a fallback needs them).
 pub(super) fn remote_stage(
     mut client: RemoteClient,
     jobs: Receiver<Job>,
-    answered: Sender<Segmented>,
+    answered: (Sender<Segmented>, PixelsDone),
     fallback: Sender<Job>,
     max_in_flight: usize,
 ) -> impl FnOnce() + Send + 'static {
@@ -46,7 +48,10 @@ pub(super) fn remote_stage(
                 // The next stages' queues are bounded: wait for room without stalling the I/O thread.
                 tokio::task::block_in_place(|| match result {
                     Ok(mask) => {
-                        let _ = answered.send(into_segmented(job, mask));
+                        let (answered, pixels) = answered;
+                        let mut segmented = into_segmented(job, mask);
+                        pixels.done(&mut segmented.frame);
+                        let _ = answered.send(segmented);
                     }
                     Err(e) => give_back(&fallback, job, e.to_string()),
                 });

@@ -22,9 +22,18 @@ pub struct RunSummary {
     pub latency: BTreeMap<String, Percentiles>,
     pub queues: Vec<QueueReport>,
     pub remote: Option<RemoteHealthSnapshot>,
+    pub frame_memory: FrameMemory,
     pub released_out_of_order: u64,
     pub outputs: Written,
     pub error: Option<String>,
+}
+
+/// Bytes of frames in flight (pixels and class maps) against `pipeline.max_frame_mib_in_flight`.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct FrameMemory {
+    pub budget_bytes: u64,
+    /// The most ever in flight; above the budget only when a single frame is larger than it.
+    pub peak_bytes: u64,
 }
 
 /// What the ingest counted.
@@ -32,6 +41,7 @@ pub(super) struct Intake {
     pub(super) frames_in: u64,
     pub(super) dropped: u64,
     pub(super) live: bool,
+    pub(super) frame_memory: FrameMemory,
 }
 
 impl RunSummary {
@@ -55,6 +65,7 @@ impl RunSummary {
             by_source: sink.by_source,
             queues,
             remote,
+            frame_memory: intake.frame_memory,
             released_out_of_order: sink.released_out_of_order,
             outputs: sink.written,
             error,

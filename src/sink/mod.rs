@@ -42,6 +42,13 @@ pub trait Observer: Send {
     fn finish(&mut self) -> Result<(), SinkError> {
         Ok(())
     }
+
+    /// Whether this observer reads the frame's pixels (`frame.bgr`). When no output does, the
+    /// pipeline frees them right after preprocessing, and observers see an empty `bgr` beside the
+    /// frame's size and timestamps.
+    fn needs_pixels(&self) -> bool {
+        true
+    }
 }
 
 /// The PASCAL VOC colour map: class `i`'s colour is built from the bits of `i`.
@@ -313,6 +320,12 @@ impl Sink {
     /// Shows every frame to `observer` too, after the files.
     pub fn add_observer(&mut self, observer: Box<dyn Observer>) {
         self.observers.push(observer);
+    }
+
+    /// Whether any output reads frames' pixels (the overlay, observers that say so); records
+    /// and masks need only the class map.
+    pub fn needs_pixels(&self) -> bool {
+        self.overlay.is_some() || self.observers.iter().any(|o| o.needs_pixels())
     }
 
     fn outputs(&mut self) -> impl Iterator<Item = &mut dyn Observer> {

@@ -44,9 +44,10 @@ impl OverlayWriter {
             .build();
         appsrc.set_caps(Some(&caps));
         appsrc.set_format(gst::Format::Time);
-        // Back-pressure: the sink waits for the encoder rather than buffering without bound.
+        // Back-pressure: the sink waits for the encoder rather than buffering frames (25 MB each
+        // at 4K) that the pipeline's frame budget does not see; one waiting keeps the encoder busy.
         appsrc.set_block(true);
-        appsrc.set_max_bytes((width * height * 3 * 4) as u64);
+        appsrc.set_max_bytes(u64::from(width) * u64::from(height) * 3);
         pipeline.set_state(gst::State::Playing).map_err(|e| err(format!("cannot start encoder: {e}")))?;
         Ok(OverlayWriter { path: path.to_path_buf(), pipeline, appsrc, width, height, last_pts: None, pushed: 0 })
     }

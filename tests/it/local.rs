@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crate::common::{self, edge_config, records, run_edge, short_video, RunResult, SHORT_VIDEO_FRAMES};
 use edgeseg::config::{EdgeConfig, Liveness};
 use edgeseg::frame::Segmented;
-use edgeseg::ingest::PipelineSpec;
+use edgeseg::ingest::{IngestOptions, PipelineSpec};
 use edgeseg::shutdown::Shutdown;
 use edgeseg::sink::{Observer, SinkError};
 
@@ -89,7 +89,8 @@ fn live_source_drops_oldest_when_the_consumer_is_slow_and_is_never_blocked() {
             .collect();
     let spec = PipelineSpec::from_file(&common::root().join("pipelines/testsrc.pipeline"), &params).unwrap();
     let shutdown = Shutdown::new();
-    let ingest = edgeseg::ingest::spawn(spec, Liveness::Auto, 2, shutdown.clone()).unwrap();
+    let options = IngestOptions { liveness: Liveness::Auto, capacity: 2, ..IngestOptions::default() };
+    let ingest = edgeseg::ingest::spawn(spec, &options, shutdown.clone()).unwrap();
     assert!(ingest.live, "videotestsrc is-live=true is detected as live");
 
     // A consumer ten times slower than the 50 fps source.

@@ -9,6 +9,7 @@ mod decision_train_real;
 mod eval_segment;
 mod impaired_link;
 mod local;
+mod memory;
 mod real_models;
 mod remote;
 mod service;
