@@ -284,7 +284,8 @@ mod tests {
             ("compute.workers=0", "compute.workers = 0", "is outside 1..=64"),
             ("training.batch_size=0", "training = (settings)", "at least 1"),
             ("training.base_lr=-1", "training = (settings)", "base_lr"),
-            ("training.optimizer={kind=\"adam\"}", "training.optimizer", "unknown variant"),
+            ("training.dropout=2", "training = (settings)", "dropout"),
+            ("training.optimizer.momentum=0.9", "training.optimizer", "missing field `kind`"),
             ("training.colour=1", "training.colour = 1", "unknown field"),
             ("output.dir=\"\"", "output.dir = (missing)", "must be set"),
         ];
@@ -300,14 +301,15 @@ mod tests {
     fn sets_and_videos_are_checked_by_index() {
         let dir = tempfile::tempdir().unwrap();
         let extra = "[[sets]]\nname = \"a\"\ndata = \"nowhere\"\nlist = \"no.txt\"\nsplit = \"validation\"\n\
-                     [[videos]]\nname = \"v\"\npath = \"no.mp4\"\nevery = 0\nmax_frames = 10\nsplit = \"train\"\n";
-        let found = problems(DnConfig::load(&config_file(dir.path(), extra), &[]).unwrap_err());
-        let keys: Vec<&str> = found.iter().map(|p| p.key.as_str()).collect();
-        assert!(keys.contains(&"videos[0].every"), "{keys:?}");
+                     [[videos]]\nname = \"v\"\npath = \"no.mp4\"\nevery = 5\nmax_frames = 10\nsplit = \"train\"\n";
+        let path = config_file(dir.path(), extra);
+        let found = problems(DnConfig::load(&path, &[]).unwrap_err());
         let text = found.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n");
         for expected in ["sets[1].name = a is used by another", "sets[1].data", "sets[1].list", "videos[0].path"] {
             assert!(text.contains(expected), "{expected} missing from {text}");
         }
+        let every = problems(DnConfig::load(&path, &["videos=[{name=\"v\", path=\"x\", every=0, max_frames=1, split=\"train\"}]".into()]).unwrap_err());
+        assert!(every.iter().any(|p| p.key == "videos[0].every" && p.problem.contains("at least 1")), "{every:?}");
         let only_validation = "[[sets]]\nname = \"b\"\ndata = \"set\"\nsplit = \"validation\"\n";
         let path = config_file(dir.path(), only_validation);
         let text = std::fs::read_to_string(&path).unwrap().replacen("split = \"train\"", "split = \"validation\"", 1);
