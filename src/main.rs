@@ -449,11 +449,7 @@ fn dn_train(config: &std::path::Path, out: Option<&std::path::Path>, overrides: 
     let outcome = edgeseg::decision::experiment::train_from_config(&config, out)?;
     println!(
         "dn train: {} training and {} validation images; per-image figures {:.1} s, training {:.1} s ({} iterations)",
-        outcome.train_images,
-        outcome.validation_images,
-        outcome.features_s,
-        outcome.training_s,
-        outcome.report.iterations
+        outcome.train_images, outcome.validation_images, outcome.features_s, outcome.training_s, outcome.report.iterations
     );
     println!(
         "  per-image figures: {} computed, {} from the cache",

@@ -17,10 +17,10 @@ use ort::session::Session;
 use ort::value::{TensorElementType, TensorRef, ValueType};
 
 use super::cache::file_sha256;
-use crate::infer::onnx_graph::OnnxGraph;
-use crate::infer::{preprocess, InputBuffer, InputType, Layout, ModelManifest};
 use super::spp::{spp, SppConfig};
 use super::DecisionError;
+use crate::infer::onnx_graph::OnnxGraph;
+use crate::infer::{preprocess, InputBuffer, InputType, Layout, ModelManifest};
 
 /// Input size of the small network, and so of the shared base.
 pub const SHARED_INPUT_SIZE: u32 = 257;
@@ -150,7 +150,10 @@ pub fn part_gflops(path: &Path, shape: &[usize]) -> Result<f64, DecisionError> {
     let graph = OnnxGraph::load(path)?;
     let inputs = graph.inputs();
     let [input] = inputs.as_slice() else {
-        return Err(DecisionError::OnnxMismatch { path: path.to_path_buf(), problem: format!("has {} inputs, one expected", inputs.len()) });
+        return Err(DecisionError::OnnxMismatch {
+            path: path.to_path_buf(),
+            problem: format!("has {} inputs, one expected", inputs.len()),
+        });
     };
     let shapes = HashMap::from([(input.name.clone(), shape.to_vec())]);
     Ok(graph.cost(&shapes)?.gflops())

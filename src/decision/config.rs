@@ -308,7 +308,9 @@ mod tests {
         for expected in ["sets[1].name = a is used by another", "sets[1].data", "sets[1].list", "videos[0].path"] {
             assert!(text.contains(expected), "{expected} missing from {text}");
         }
-        let every = problems(DnConfig::load(&path, &["videos=[{name=\"v\", path=\"x\", every=0, max_frames=1, split=\"train\"}]".into()]).unwrap_err());
+        let every = problems(
+            DnConfig::load(&path, &["videos=[{name=\"v\", path=\"x\", every=0, max_frames=1, split=\"train\"}]".into()]).unwrap_err(),
+        );
         assert!(every.iter().any(|p| p.key == "videos[0].every" && p.problem.contains("at least 1")), "{every:?}");
         let only_validation = "[[sets]]\nname = \"b\"\ndata = \"set\"\nsplit = \"validation\"\n";
         let path = config_file(dir.path(), only_validation);

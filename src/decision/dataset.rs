@@ -146,7 +146,7 @@ impl Source {
 pub fn sample_video(pipeline: &Path, video: &Path, every: usize, max_frames: usize) -> Result<Vec<Frame>, DecisionError> {
     use crate::config::Liveness;
     use crate::shutdown::Shutdown;
-    let ingest_err = |source| DecisionError::Ingest { video: video.to_path_buf(), source };
+    let ingest_err = |source| DecisionError::Ingest { video: video.to_path_buf(), source: Box::new(source) };
     let params = BTreeMap::from([("location".to_string(), video.display().to_string())]);
     let spec = crate::ingest::PipelineSpec::from_file(pipeline, &params).map_err(ingest_err)?;
     let shutdown = Shutdown::new();
@@ -251,11 +251,18 @@ impl RecordBuilder {
             });
         }
         let encoder_input = input_manifest(&small_manifest, settings.input_size)?;
-        let spp_cache =
-            FeatureCache::open(&settings.cache_dir.join("spp"), &file_sha256(&settings.encoder)?, &preprocessing_key(&encoder_input), &settings.spp)?;
+        let spp_cache = FeatureCache::open(
+            &settings.cache_dir.join("spp"),
+            &file_sha256(&settings.encoder)?,
+            &preprocessing_key(&encoder_input),
+            &settings.spp,
+        )?;
         let outcome_dir = settings.cache_dir.join("outcomes");
-        std::fs::create_dir_all(&outcome_dir)
-            .map_err(|source| DecisionError::Io { action: "create cache folder", path: outcome_dir.clone(), source })?;
+        std::fs::create_dir_all(&outcome_dir).map_err(|source| DecisionError::Io {
+            action: "create cache folder",
+            path: outcome_dir.clone(),
+            source,
+        })?;
         let networks_key = format!("{OUTCOME_FORMAT}\nsmall {}\nlarge {}\n", network_key(&small_manifest)?, network_key(&large_manifest)?);
         Ok(RecordBuilder { settings, small_manifest, spp_cache, outcome_dir, networks_key })
     }
@@ -291,7 +298,8 @@ impl RecordBuilder {
             mean_max_softmax: outcome.mean_max_softmax,
             mean_entropy: outcome.mean_entropy,
         };
-        let text = serde_json::to_vec(&entry).map_err(|e| DecisionError::CacheWrite { path: path.to_path_buf(), message: e.to_string() })?;
+        let text =
+            serde_json::to_vec(&entry).map_err(|e| DecisionError::CacheWrite { path: path.to_path_buf(), message: e.to_string() })?;
         let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
         let write_err = |e: std::io::Error| DecisionError::CacheWrite { path: path.to_path_buf(), message: e.to_string() };
         std::fs::write(&tmp, text).map_err(write_err)?;
@@ -301,7 +309,8 @@ impl RecordBuilder {
     /// Records of every image of `sources`, in order (source by source), and how many of them
     /// needed a network (the rest came from the caches).
     pub fn build(&self, sources: &[Source]) -> Result<(Vec<ImageRecord>, usize), DecisionError> {
-        let items: Vec<(usize, usize)> = sources.iter().enumerate().flat_map(|(s, source)| (0..source.len()).map(move |i| (s, i))).collect();
+        let items: Vec<(usize, usize)> =
+            sources.iter().enumerate().flat_map(|(s, source)| (0..source.len()).map(move |i| (s, i))).collect();
         let bar = if self.settings.progress && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
             ProgressBar::with_draw_target(Some(items.len() as u64), ProgressDrawTarget::stderr())
         } else {
@@ -395,8 +404,14 @@ impl RecordBuilder {
                 (spp, outcome)
             }
         };
-        let record =
-            ImageRecord { source: source.name.clone(), id: loaded.id, image_sha256: loaded.image_sha256, labels: source.labels(), spp, outcome };
+        let record = ImageRecord {
+            source: source.name.clone(),
+            id: loaded.id,
+            image_sha256: loaded.image_sha256,
+            labels: source.labels(),
+            spp,
+            outcome,
+        };
         Ok((record, computed))
     }
 

@@ -51,7 +51,8 @@ pub struct PartCosts {
 impl PartCosts {
     pub fn measure(config: &DnConfig, input_size: u32, decision_shape: &NetShape) -> Result<Self, DecisionError> {
         let gflops = |path: &Path| -> Result<f64, DecisionError> {
-            let manifest = ModelManifest::load(path).map_err(|e| DecisionError::Model { manifest: path.to_path_buf(), source: Box::new(e.into()) })?;
+            let manifest =
+                ModelManifest::load(path).map_err(|e| DecisionError::Model { manifest: path.to_path_buf(), source: Box::new(e.into()) })?;
             Ok(cost_for_manifest(&manifest)?.1.gflops())
         };
         let small_manifest = ModelManifest::load(&config.models.small)
@@ -334,9 +335,8 @@ pub fn evaluate_routing(config: &DnConfig, request: &RoutingRequest) -> Result<(
     let costs = PartCosts::measure(config, base.input_size, &loaded.meta.layers)?;
     let presence = loaded.meta.training.settings.presence as f32;
     let evaluation = routing_evaluation(&loaded.net, presence, &costs, &records, choosing.as_deref())?;
-    let names = |args: &[DataArg], count: usize| {
-        format!("{} ({count} images)", args.iter().map(DataArg::name).collect::<Vec<_>>().join(" + "))
-    };
+    let names =
+        |args: &[DataArg], count: usize| format!("{} ({count} images)", args.iter().map(DataArg::name).collect::<Vec<_>>().join(" + "));
     let trained_on: Vec<String> = loaded.meta.training.sets.iter().map(|s| format!("{} ({})", s.name, s.images)).collect();
     let context = ReportContext {
         title: "Routing between the small and the large network".into(),

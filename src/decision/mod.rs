@@ -97,7 +97,7 @@ pub enum DecisionError {
     #[error("scoring {image}: {source}")]
     Score { image: String, source: crate::eval::ConfusionError },
     #[error("reading frames of {video}: {source}")]
-    Ingest { video: PathBuf, source: crate::ingest::IngestError },
+    Ingest { video: PathBuf, source: Box<crate::ingest::IngestError> },
     #[error("cache entry {path} could not be written: {message}")]
     CacheWrite { path: PathBuf, message: String },
     #[error("a worker thread stopped (it panicked; see the message above)")]

@@ -343,9 +343,10 @@ pub fn area(points: &[Point]) -> f64 {
 /// The threshold among `candidates` (points measured on the choosing set) with the largest
 /// total reduction whose drop stays within `budget_points`; ties go to the smaller drop.
 pub fn choose(candidates: &[Point], budget_points: f64) -> Option<&Point> {
-    candidates.iter().filter(|p| p.drop_points <= budget_points + 1e-9).max_by(|a, b| {
-        a.total_reduction.total_cmp(&b.total_reduction).then_with(|| b.drop_points.total_cmp(&a.drop_points))
-    })
+    candidates
+        .iter()
+        .filter(|p| p.drop_points <= budget_points + 1e-9)
+        .max_by(|a, b| a.total_reduction.total_cmp(&b.total_reduction).then_with(|| b.drop_points.total_cmp(&a.drop_points)))
 }
 
 /// Thresholds 0, 0.01, …, 1.
@@ -438,12 +439,8 @@ mod tests {
     /// - C: 10 class-3; small right on 5, background on 5 (IoU_img (0 + 0.5)/2 = 0.25); large
     ///   right on 8, background on 2 (IoU_img (0 + 0.8)/2 = 0.4).
     fn set() -> RoutingSet {
-        RoutingSet::new(vec![
-            image("0>0:8 1>1:2", "0>0:8 1>1:2"),
-            image("0>0:8 2>0:2", "0>0:8 2>2:2"),
-            image("3>3:5 3>0:5", "3>3:8 3>0:2"),
-        ])
-        .unwrap()
+        RoutingSet::new(vec![image("0>0:8 1>1:2", "0>0:8 1>1:2"), image("0>0:8 2>0:2", "0>0:8 2>2:2"), image("3>3:5 3>0:5", "3>3:8 3>0:2")])
+            .unwrap()
     }
 
     fn close(a: f64, b: f64) {
@@ -501,8 +498,16 @@ mod tests {
         let random_at = |p: f64| s.measure(&[1.0 - p; 3], PLAIN, NETS, p).miou;
         let random = trapezoid([random_at(0.0), random_at(1.0 / 3.0), random_at(2.0 / 3.0), random_at(1.0)]);
         let policies = vec![
-            Policy { name: "good".into(), kind: PolicyKind::Values { values: vec![0.9, 0.1, 0.5], direction: Direction::LocalAbove }, cost: PLAIN },
-            Policy { name: "worse".into(), kind: PolicyKind::Values { values: vec![0.9, 0.5, 0.1], direction: Direction::RemoteAbove }, cost: PLAIN },
+            Policy {
+                name: "good".into(),
+                kind: PolicyKind::Values { values: vec![0.9, 0.1, 0.5], direction: Direction::LocalAbove },
+                cost: PLAIN,
+            },
+            Policy {
+                name: "worse".into(),
+                kind: PolicyKind::Values { values: vec![0.9, 0.5, 0.1], direction: Direction::RemoteAbove },
+                cost: PLAIN,
+            },
             Policy { name: "random".into(), kind: PolicyKind::Random, cost: PLAIN },
             Policy { name: "oracle".into(), kind: PolicyKind::Oracle, cost: PLAIN },
         ];
@@ -529,7 +534,11 @@ mod tests {
     fn thresholds_are_chosen_on_one_set_and_realised_on_another() {
         let s = set();
         // Choosing set: the policy's values there make it keep only A local within a budget.
-        let policy = |values: Vec<f64>| Policy { name: "p".into(), kind: PolicyKind::Values { values, direction: Direction::LocalAbove }, cost: PLAIN };
+        let policy = |values: Vec<f64>| Policy {
+            name: "p".into(),
+            kind: PolicyKind::Values { values, direction: Direction::LocalAbove },
+            cost: PLAIN,
+        };
         let choosing = vec![policy(vec![0.9, 0.1, 0.5])];
         let evaluated = vec![policy(vec![0.2, 0.8, 0.95])];
         let only_b_remote = s.measure(&[1.0, 0.0, 1.0], PLAIN, NETS, 0.0);

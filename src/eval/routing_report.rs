@@ -54,7 +54,8 @@ fn write_file(path: &Path, text: &str) -> Result<(), ReportError> {
 /// Writes everything into `dir` (created if missing).
 pub fn write(evaluation: &RoutingEvaluation, context: &ReportContext, dir: &Path) -> Result<RoutingFiles, ReportError> {
     std::fs::create_dir_all(dir).map_err(|e| write_err(dir)(e.to_string()))?;
-    let files = RoutingFiles { csv: dir.join("routing.csv"), json: dir.join("routing.json"), report: dir.join("report.md"), plots: Vec::new() };
+    let files =
+        RoutingFiles { csv: dir.join("routing.csv"), json: dir.join("routing.json"), report: dir.join("report.md"), plots: Vec::new() };
     write_file(&files.csv, &csv(evaluation))?;
     let json = serde_json::to_string_pretty(evaluation).map_err(|e| write_err(&files.json)(e.to_string()))?;
     write_file(&files.json, &json)?;
@@ -337,14 +338,7 @@ fn plots(e: &RoutingEvaluation, dir: &Path) -> Result<Vec<PathBuf>, ReportError>
         plot(
             dir,
             &format!("precision_{}", p.name),
-            &Chart {
-                title: &title,
-                x_label: "threshold",
-                y_label: "%",
-                x_range: (0.0, 1.0),
-                y_range: (0.0, 101.0),
-                series: &series,
-            },
+            &Chart { title: &title, x_label: "threshold", y_label: "%", x_range: (0.0, 1.0), y_range: (0.0, 101.0), series: &series },
             &mut written,
         )?;
     }

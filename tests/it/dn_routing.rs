@@ -14,7 +14,8 @@ use super::common;
 
 fn assets() -> Option<PathBuf> {
     let dir = edgeseg::infer::manifest::assets_dir();
-    let needed = ["models/deeplabv3_mnv2_dm05_voc_257.onnx", "models/deeplabv3_mnv2_voc_513_fp32.onnx", "voc/val.txt", "coco_voc20/val.txt"];
+    let needed =
+        ["models/deeplabv3_mnv2_dm05_voc_257.onnx", "models/deeplabv3_mnv2_voc_513_fp32.onnx", "voc/val.txt", "coco_voc20/val.txt"];
     if needed.iter().all(|p| dir.join(p).is_file()) {
         Some(dir)
     } else {
@@ -25,7 +26,8 @@ fn assets() -> Option<PathBuf> {
 
 /// The first `n` ids of a set's list, written to `dir/name`.
 fn first_ids(list: &Path, n: usize, dir: &Path, name: &str) -> PathBuf {
-    let ids: Vec<String> = std::fs::read_to_string(list).unwrap().lines().filter(|l| !l.trim().is_empty()).take(n).map(String::from).collect();
+    let ids: Vec<String> =
+        std::fs::read_to_string(list).unwrap().lines().filter(|l| !l.trim().is_empty()).take(n).map(String::from).collect();
     let path = dir.join(name);
     std::fs::write(&path, ids.join("\n") + "\n").unwrap();
     path
