@@ -589,12 +589,12 @@ pub fn apply_override(table: &mut toml::Table, item: &str) -> Result<(), ConfigE
 
 /// Collects every failed check with the key it concerns.
 #[derive(Default)]
-struct Checker {
+pub(crate) struct Checker {
     problems: Vec<Problem>,
 }
 
 impl Checker {
-    fn check(&mut self, ok: bool, key: &str, value: impl fmt::Display, problem: &str) {
+    pub(crate) fn check(&mut self, ok: bool, key: &str, value: impl fmt::Display, problem: &str) {
         // A value refused while parsing was replaced by its default: checking the default would
         // only blame the user for something they did not write.
         let reported = self.problems.iter().any(|p| within(&p.key, key) || within(key, &p.key));
@@ -604,7 +604,7 @@ impl Checker {
     }
 
     /// A file that must be given and must exist; `hint` says where to find one.
-    fn file(&mut self, key: &str, path: &Path, hint: &str) {
+    pub(crate) fn file(&mut self, key: &str, path: &Path, hint: &str) {
         if path.as_os_str().is_empty() {
             self.check(false, key, "(missing)", &format!("must be set ({hint})"));
         } else {
@@ -638,7 +638,7 @@ fn within(key: &str, outer: &str) -> bool {
 
 /// Joins relative paths to the config's folder and removes `.`/`..` lexically, so messages
 /// and outputs show plain paths. An empty path (a key not set) stays empty.
-fn resolve(base: &Path, p: &mut PathBuf) {
+pub(crate) fn resolve(base: &Path, p: &mut PathBuf) {
     use std::path::Component;
     if p.as_os_str().is_empty() {
         return;
@@ -669,7 +669,7 @@ fn config_dir(path: &Path) -> PathBuf {
 
 /// Reads, parses and checks one config file: `prepare` resolves its paths, `validate` adds the
 /// checks that span keys or touch the disk.
-fn load<T: DeserializeOwned>(
+pub(crate) fn load<T: DeserializeOwned>(
     path: &Path,
     overrides: &[String],
     prepare: impl FnOnce(&mut T, &Path),

@@ -106,12 +106,65 @@ enum Command {
         #[command(subcommand)]
         which: EvalCommand,
     },
+    /// The decision network: training.
+    Dn {
+        #[command(subcommand)]
+        which: DnCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DnCommand {
+    /// Train the decision network on cached per-image figures (computed once per image).
+    Train {
+        /// Decision network configuration.
+        #[arg(long, default_value = "config/dn.toml")]
+        config: PathBuf,
+        /// Folder for dn.toml and dn.safetensors (sets output.dir).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Override any config key: --set section.key=value (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
 enum EvalCommand {
     /// One network on a VOC-layout folder: mIoU, per-class IoU, pixel accuracy, per-image IoU, ms per image.
     Segment(SegmentArgs),
+    /// Routing between the small and the large network: the decision network's rules against
+    /// the small network's confidence, random routing and the oracle.
+    Routing(RoutingArgs),
+}
+
+#[derive(clap::Args)]
+struct RoutingArgs {
+    /// Trained decision network (dn.toml written by `edgeseg dn train`).
+    #[arg(long)]
+    dn: PathBuf,
+    /// Labelled folder(s) in VOC layout to evaluate on (repeatable: the sets are pooled).
+    #[arg(long, required = true)]
+    data: Vec<PathBuf>,
+    /// Image id list(s): one for all --data, or one per --data in the same order.
+    #[arg(long)]
+    list: Vec<PathBuf>,
+    /// Labelled folder(s) to choose each policy's thresholds on (validation data); without it
+    /// thresholds are chosen on the evaluated data itself, which flatters every policy.
+    #[arg(long)]
+    choose_on: Vec<PathBuf>,
+    /// Id list(s) for --choose-on, paired like --list.
+    #[arg(long)]
+    choose_list: Vec<PathBuf>,
+    /// Networks, encoder and cache as in this decision network configuration.
+    #[arg(long, default_value = "config/dn.toml")]
+    config: PathBuf,
+    /// Folder for routing.csv, routing.json, report.md and the plots.
+    #[arg(long, default_value = "out/routing")]
+    out: PathBuf,
+    /// Override any config key: --set section.key=value (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -393,7 +446,106 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Eval { which: EvalCommand::Segment(args) } => eval_segment(&args),
+        Command::Eval { which: EvalCommand::Routing(args) } => eval_routing(&args),
+        Command::Dn { which: DnCommand::Train { config, out, overrides } } => dn_train(&config, out.as_deref(), &overrides),
     }
+}
+
+/// Pairs `--data` folders with `--list` files: none, one for all, or one each.
+fn pair_lists(data: &[PathBuf], lists: &[PathBuf], flag: &str) -> anyhow::Result<Vec<edgeseg::decision::experiment::DataArg>> {
+    use edgeseg::decision::experiment::DataArg;
+    let list_for = |i: usize| match lists.len() {
+        0 => Ok(None),
+        1 => Ok(Some(lists[0].clone())),
+        n if n == data.len() => Ok(Some(lists[i].clone())),
+        n => Err(anyhow::anyhow!("{n} {flag} files for {} folders: give none, one for all, or one per folder", data.len())),
+    };
+    data.iter().enumerate().map(|(i, d)| Ok(DataArg { data: d.clone(), list: list_for(i)? })).collect()
+}
+
+fn dn_train(config: &std::path::Path, out: Option<&std::path::Path>, overrides: &[String]) -> anyhow::Result<ExitCode> {
+    use edgeseg::decision::config::DnConfig;
+    let config = DnConfig::load(config, overrides)?;
+    let outcome = edgeseg::decision::experiment::train_from_config(&config, out)?;
+    println!(
+        "dn train: {} training and {} validation images; per-image figures {:.1} s, training {:.1} s ({} iterations)",
+        outcome.train_images, outcome.validation_images, outcome.features_s, outcome.training_s, outcome.report.iterations
+    );
+    println!(
+        "  per-image figures: {} computed, {} from the cache",
+        outcome.computed_images,
+        outcome.train_images + outcome.validation_images - outcome.computed_images
+    );
+    println!("  final training loss {:.4}", outcome.report.final_train_loss);
+    if let Some(m) = outcome.report.validation.last() {
+        println!(
+            "  validation: loss {:.4}, class IoU MAE {:.3}, IoU_img MAE {:.3} (r {:.2}), gain MAE {:.3} (r {:.2}), presence accuracy {:.3}",
+            m.loss, m.class_iou_mae, m.iou_img_mae, m.iou_img_correlation, m.gain_mae, m.gain_correlation, m.presence_accuracy
+        );
+    }
+    let c = &outcome.costs;
+    println!(
+        "  GFLOPs: small {:.3}, large {:.3}, encoder {:.3}, decision head {:.4}; decision ÷ small {}: {:.4}",
+        c.small,
+        c.large,
+        c.encoder,
+        c.decision_head,
+        if c.shared { "for a local frame" } else { "per frame" },
+        c.decision_over_small()
+    );
+    if let Some(routing) = &outcome.validation_routing {
+        println!("  routing on the validation images (normalised AUC of hybrid mIoU against remote fraction):");
+        for p in &routing.policies {
+            println!("    {:<12} {}", p.name, p.normalised_auc.map_or_else(|| "–".to_string(), |v| format!("{v:.2}")));
+        }
+    }
+    println!("  wrote {}", outcome.toml.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn eval_routing(args: &RoutingArgs) -> anyhow::Result<ExitCode> {
+    use edgeseg::decision::config::DnConfig;
+    use edgeseg::decision::experiment::{evaluate_routing, RoutingRequest};
+    let config = DnConfig::load(&args.config, &args.overrides)?;
+    let request = RoutingRequest {
+        dn: args.dn.clone(),
+        data: pair_lists(&args.data, &args.list, "--list")?,
+        choose_on: pair_lists(&args.choose_on, &args.choose_list, "--choose-list")?,
+        out: args.out.clone(),
+        progress: true,
+    };
+    let (evaluation, files) = evaluate_routing(&config, &request)?;
+    println!(
+        "eval routing: {} images, mIoU all-small {:.1} %, all-large {:.1} %",
+        evaluation.images,
+        100.0 * evaluation.all_small_miou,
+        100.0 * evaluation.all_large_miou
+    );
+    println!("  {:<12} {:>8}  {:>30}  {:>30}", "policy", "nAUC", "≤3 pt: drop / total / edge saved", "≤1 pt: drop / total / edge saved");
+    for p in &evaluation.policies {
+        let at = |budget: f64| {
+            p.choices.iter().find(|c| c.budget_points == budget).map_or_else(
+                || "–".to_string(),
+                |c| {
+                    format!(
+                        "{:.2} / {:.1} % / {:.1} %",
+                        c.realised.drop_points,
+                        100.0 * c.realised.total_reduction,
+                        100.0 * c.realised.edge_reduction
+                    )
+                },
+            )
+        };
+        println!(
+            "  {:<12} {:>8}  {:>30}  {:>30}",
+            p.name,
+            p.normalised_auc.map_or_else(|| "–".to_string(), |v| format!("{v:.2}")),
+            at(3.0),
+            at(1.0)
+        );
+    }
+    println!("  wrote {}, {}, {} and {} plots", files.report.display(), files.csv.display(), files.json.display(), files.plots.len());
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Session settings for the offline commands (models info --bench, eval): `--threads` intra-op

@@ -10,16 +10,17 @@
 //!
 //! The encoder's spatial input size is dynamic, so one ONNX file serves both.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use opencv::core::{Mat, Size};
-use opencv::prelude::*;
 use ort::session::Session;
 use ort::value::{TensorElementType, TensorRef, ValueType};
 
 use super::cache::file_sha256;
 use super::spp::{spp, SppConfig};
 use super::DecisionError;
+use crate::infer::onnx_graph::OnnxGraph;
+use crate::infer::{preprocess, InputBuffer, InputType, Layout, ModelManifest};
 
 /// Input size of the small network, and so of the shared base.
 pub const SHARED_INPUT_SIZE: u32 = 257;
@@ -104,20 +105,78 @@ impl Features {
     }
 }
 
+/// The small network's manifest with its input resized to the base's `input_size`: how frames
+/// are prepared for the encoder.
+pub fn input_manifest(small: &ModelManifest, input_size: u32) -> Result<ModelManifest, DecisionError> {
+    if small.input.layout != Layout::Nhwc || small.input.dtype != InputType::Float32 {
+        return Err(DecisionError::Invalid {
+            what: "small network manifest",
+            problem: format!(
+                "{} takes {:?} {} input; the encoder split off it takes float32 NHWC (is it the real small network?)",
+                small.path.display(),
+                small.input.dtype,
+                small.input.layout.name()
+            ),
+        });
+    }
+    let mut input = small.clone();
+    input.input.width = input_size;
+    input.input.height = input_size;
+    Ok(input)
+}
+
+/// How frames are prepared for an encoder input, in words: part of the feature cache's key,
+/// since the same encoder on differently prepared frames gives other features.
+pub fn preprocessing_key(input: &ModelManifest) -> String {
+    let i = &input.input;
+    format!(
+        "{}x{} {:?} {:?} {} fit {:?} pad {:?} scale {:?} mean {:?} std {:?}",
+        i.width,
+        i.height,
+        i.dtype,
+        i.color,
+        i.layout.name(),
+        i.fit,
+        i.pad_value,
+        i.scale,
+        i.mean,
+        i.std
+    )
+}
+
+/// GFLOPs of one ONNX part (2 x multiply-adds of Conv/MatMul/Gemm, as `models info`) for its
+/// single input of `shape`.
+pub fn part_gflops(path: &Path, shape: &[usize]) -> Result<f64, DecisionError> {
+    let graph = OnnxGraph::load(path)?;
+    let inputs = graph.inputs();
+    let [input] = inputs.as_slice() else {
+        return Err(DecisionError::OnnxMismatch {
+            path: path.to_path_buf(),
+            problem: format!("has {} inputs, one expected", inputs.len()),
+        });
+    };
+    let shapes = HashMap::from([(input.name.clone(), shape.to_vec())]);
+    Ok(graph.cost(&shapes)?.gflops())
+}
+
 /// The small network's encoder at a fixed square input size.
 #[derive(Debug)]
 pub struct Encoder {
     part: OnnxPart,
     input_size: u32,
     sha256: String,
+    /// The small network's manifest with the input size set to the base's.
+    input: ModelManifest,
 }
 
 impl Encoder {
-    /// Loads `small_encoder.onnx` to run at `input_size` x `input_size` (257 for the shared base).
-    pub fn load(path: &Path, input_size: u32, intra_threads: usize) -> Result<Self, DecisionError> {
+    /// Loads `small_encoder.onnx` to run at `input_size` x `input_size` (257 for the shared base)
+    /// on frames prepared as `small` (the small network's manifest) says.
+    pub fn load(path: &Path, small: &ModelManifest, input_size: u32, intra_threads: usize) -> Result<Self, DecisionError> {
         if !(33..=2049).contains(&input_size) {
             return Err(DecisionError::Invalid { what: "base input size", problem: format!("{input_size} is outside 33..=2049") });
         }
+        let input = input_manifest(small, input_size)?;
         let part = OnnxPart::load(path, intra_threads)?;
         let shape = part.input_shape();
         let fits = |dim: i64, want: i64| dim < 0 || dim == want;
@@ -131,11 +190,16 @@ impl Encoder {
             });
         }
         let sha256 = file_sha256(path)?;
-        Ok(Encoder { part, input_size, sha256 })
+        Ok(Encoder { part, input_size, sha256, input })
     }
 
     pub fn input_size(&self) -> u32 {
         self.input_size
+    }
+
+    /// How frames are prepared for it, in words ([`preprocessing_key`]).
+    pub fn preprocessing(&self) -> String {
+        preprocessing_key(&self.input)
     }
 
     /// SHA-256 of the ONNX file: identifies the base in `dn.toml` and the feature cache.
@@ -152,30 +216,25 @@ impl Encoder {
         (self.input_size * self.input_size * 3) as usize
     }
 
-    /// A BGR frame, stretched to the input size (bilinear), as the small network takes it:
-    /// NHWC, RGB, `(x − 127.5) / 127.5`.
+    /// A BGR frame as the small network takes it, at the base's size: [`crate::infer::preprocess`]
+    /// with the small network's manifest (its fit, colour order and normalisation), so the
+    /// encoder sees exactly what the whole small network would, and offline features are the
+    /// live ones.
     pub fn preprocess(&self, bgr: &[u8], width: u32, height: u32) -> Result<Vec<f32>, DecisionError> {
-        let image_err = |step: &'static str| move |e: opencv::Error| DecisionError::Image { step, message: e.to_string() };
-        if width == 0 || height == 0 || bgr.len() != (width * height * 3) as usize {
-            return Err(DecisionError::Image {
-                step: "decision preprocess",
-                message: format!("{} bytes for a {width}x{height} BGR frame", bgr.len()),
-            });
+        let mut buffer = InputBuffer::new(&self.input, 1);
+        let image = buffer.image_mut(0).ok_or_else(|| DecisionError::Invalid { what: "encoder input", problem: "no input slot".into() })?;
+        preprocess(bgr, width, height, &self.input, image)
+            .map_err(|e| DecisionError::Image { step: "decision preprocess", message: e.to_string() })?;
+        match buffer {
+            InputBuffer::Float32 { data, .. } => Ok(data),
+            InputBuffer::Uint8 { .. } => Err(DecisionError::Invalid { what: "encoder input", problem: "uint8 input".into() }),
         }
-        let size = self.input_size as i32;
-        let resized;
-        let pixels: &[u8] = if (width, height) == (self.input_size, self.input_size) {
-            bgr
-        } else {
-            let src =
-                Mat::new_rows_cols_with_bytes::<opencv::core::Vec3b>(height as i32, width as i32, bgr).map_err(image_err("frame view"))?;
-            let mut dst = Mat::default();
-            opencv::imgproc::resize(&src, &mut dst, Size::new(size, size), 0.0, 0.0, opencv::imgproc::INTER_LINEAR)
-                .map_err(image_err("frame resize"))?;
-            resized = dst;
-            resized.data_bytes().map_err(image_err("frame read"))?
-        };
-        Ok(pixels.chunks_exact(3).flat_map(|bgr| [bgr[2], bgr[1], bgr[0]]).map(|v| (v as f32 - 127.5) / 127.5).collect())
+    }
+
+    /// The SPP vector of a BGR frame: preprocess, encoder, pooling.
+    pub fn spp_of_frame(&mut self, bgr: &[u8], width: u32, height: u32, spp: &SppConfig) -> Result<Vec<f32>, DecisionError> {
+        let input = self.preprocess(bgr, width, height)?;
+        self.run(&input)?.spp(spp)
     }
 
     /// Encoder features of one preprocessed frame (NHWC, `input_len()` values).

@@ -1,9 +1,9 @@
 //! On-disk cache of SPP vectors, so that training (and re-training with other settings) runs the
 //! encoder through ONNX Runtime once per image, not once per run.
 //!
-//! Key: (encoder model SHA-256, base input size, SPP config) names a folder; the image's content
-//! hash names the entry inside it. Changing the encoder, the size or the pooling therefore never
-//! serves stale vectors. An entry is `MAGIC`, the value count (u32 LE), the values (f32 LE) and
+//! Key: (encoder model SHA-256, how frames are prepared for it (size, fit, normalisation), SPP
+//! config) names a folder; the image's content hash names the entry inside it. Changing the
+//! encoder, the size, the preprocessing or the pooling therefore never serves stale vectors. An entry is `MAGIC`, the value count (u32 LE), the values (f32 LE) and
 //! the SHA-256 of all that; one that fails any check (a run killed mid-write, a flipped bit) is
 //! treated as missing and recomputed, never fatal. Entries are written to a temporary file and
 //! renamed, so readers see whole entries only, even with several writers.
@@ -69,9 +69,10 @@ pub struct FeatureCache {
 }
 
 impl FeatureCache {
-    /// Opens (creating) the cache under `root` for one base and SPP configuration.
-    pub fn open(root: &Path, encoder_sha256: &str, input_size: u32, spp: &SppConfig) -> Result<Self, DecisionError> {
-        let description = format!("encoder sha256 {encoder_sha256}\ninput size {input_size}\nspp {}\n", spp.describe());
+    /// Opens (creating) the cache under `root` for one base (encoder and the preprocessing its
+    /// frames get, [`super::Encoder::preprocessing`]) and SPP configuration.
+    pub fn open(root: &Path, encoder_sha256: &str, preprocessing: &str, spp: &SppConfig) -> Result<Self, DecisionError> {
+        let description = format!("encoder sha256 {encoder_sha256}\npreprocessing {preprocessing}\nspp {}\n", spp.describe());
         let dir = root.join(&content_hash(description.as_bytes())[..16]);
         std::fs::create_dir_all(&dir).map_err(|source| DecisionError::Io { action: "create cache folder", path: dir.clone(), source })?;
         // For people looking into the folder; never read back.
@@ -164,7 +165,7 @@ mod tests {
     use crate::decision::spp::Pooling;
 
     fn cache(root: &Path, pooling: Pooling) -> FeatureCache {
-        FeatureCache::open(root, &content_hash(b"encoder"), 257, &SppConfig { levels: vec![1, 2], pooling }).unwrap()
+        FeatureCache::open(root, &content_hash(b"encoder"), "257x257", &SppConfig { levels: vec![1, 2], pooling }).unwrap()
     }
 
     #[test]
@@ -190,7 +191,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let (max, avg) = (cache(root.path(), Pooling::Max), cache(root.path(), Pooling::Average));
         assert_ne!(max.dir(), avg.dir());
-        let other_encoder = FeatureCache::open(root.path(), &content_hash(b"other"), 257, &SppConfig::default()).unwrap();
+        let other_encoder = FeatureCache::open(root.path(), &content_hash(b"other"), "257x257", &SppConfig::default()).unwrap();
         assert_ne!(max.dir(), other_encoder.dir());
         let image = content_hash(b"x");
         max.put(&image, &[1.0]).unwrap();

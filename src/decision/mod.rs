@@ -14,6 +14,9 @@
 
 pub mod base;
 pub mod cache;
+pub mod config;
+pub mod dataset;
+pub mod experiment;
 pub mod net;
 pub mod rule;
 pub mod spp;
@@ -83,4 +86,24 @@ pub enum DecisionError {
     BaseMismatch { path: PathBuf, problem: String },
     #[error("invalid {what}: {problem}")]
     Invalid { what: &'static str, problem: String },
+    #[error(transparent)]
+    Graph(#[from] crate::infer::onnx_graph::GraphError),
+    #[error(transparent)]
+    Dataset(#[from] crate::eval::DatasetError),
+    #[error("{model} failed on {image}: {source}")]
+    Segment { model: String, image: String, source: Box<crate::infer::InferError> },
+    #[error("loading {manifest}: {source}")]
+    Model { manifest: PathBuf, source: Box<crate::infer::InferError> },
+    #[error("scoring {image}: {source}")]
+    Score { image: String, source: crate::eval::ConfusionError },
+    #[error("reading frames of {video}: {source}")]
+    Ingest { video: PathBuf, source: Box<crate::ingest::IngestError> },
+    #[error("cache entry {path} could not be written: {message}")]
+    CacheWrite { path: PathBuf, message: String },
+    #[error("a worker thread stopped (it panicked; see the message above)")]
+    WorkerStopped,
+    #[error(transparent)]
+    Routing(#[from] crate::eval::routing::RoutingError),
+    #[error(transparent)]
+    Report(#[from] crate::eval::routing_report::ReportError),
 }

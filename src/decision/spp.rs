@@ -20,7 +20,7 @@ pub enum Pooling {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct SppConfig {
     /// Bins per side of each pyramid level (`[1, 2]`: 1x1 and 2x2).
     pub levels: Vec<u32>,

@@ -65,7 +65,7 @@ pub enum OptimizerKind {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
     pub max_iterations: usize,
     pub batch_size: usize,

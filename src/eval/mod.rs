@@ -10,6 +10,8 @@ pub mod confusion;
 pub mod dataset;
 pub mod progress;
 pub mod report;
+pub mod routing;
+pub mod routing_report;
 pub mod segment;
 
 pub use confusion::{ClassTotals, CompactConfusion, Confusion, ConfusionError, VOID};

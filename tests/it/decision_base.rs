@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use edgeseg::decision::base::{Encoder, OnnxPart, SHARED_INPUT_SIZE};
 use edgeseg::decision::cache::{content_hash, CacheOutcome, FeatureCache};
 use edgeseg::decision::{SppConfig, VOC_CLASSES};
+use edgeseg::infer::ModelManifest;
 
 use super::common;
 
@@ -35,6 +36,11 @@ fn derived(name: &str) -> PathBuf {
     path
 }
 
+/// The real small network's manifest: the encoder's frames are prepared as it says.
+fn small_manifest() -> ModelManifest {
+    ModelManifest::load(&common::root().join("models/deeplab-small.toml")).unwrap()
+}
+
 fn argmax(logits: &[f32], classes: usize) -> Vec<usize> {
     let plane = logits.len() / classes;
     (0..plane).map(|p| (0..classes).fold(0, |best, c| if logits[c * plane + p] > logits[best * plane + p] { c } else { best })).collect()
@@ -44,7 +50,7 @@ fn argmax(logits: &[f32], classes: usize) -> Vec<usize> {
 fn encoder_then_head_equals_the_whole_small_network() {
     let Some(assets) = assets() else { return };
     let (bgr, width, height) = read_bgr(&assets.join("models/testdata/grace_hopper.bmp"));
-    let mut encoder = Encoder::load(&derived("small_encoder.onnx"), SHARED_INPUT_SIZE, 1).unwrap();
+    let mut encoder = Encoder::load(&derived("small_encoder.onnx"), &small_manifest(), SHARED_INPUT_SIZE, 1).unwrap();
     let input = encoder.preprocess(&bgr, width, height).unwrap();
     let size = SHARED_INPUT_SIZE as usize;
 
@@ -75,7 +81,7 @@ fn both_bases_give_spp_vectors_of_one_length() {
     let spp = SppConfig::default();
     let mut lengths = Vec::new();
     for (size, side) in [(257, 33), (129, 17)] {
-        let mut encoder = Encoder::load(&derived("small_encoder.onnx"), size, 1).unwrap();
+        let mut encoder = Encoder::load(&derived("small_encoder.onnx"), &small_manifest(), size, 1).unwrap();
         let features = encoder.run(&encoder.preprocess(&bgr, width, height).unwrap()).unwrap();
         assert_eq!((features.channels, features.height, features.width), (160, side, side), "base {size}");
         let vector = features.spp(&spp).unwrap();
@@ -88,10 +94,10 @@ fn both_bases_give_spp_vectors_of_one_length() {
 #[test]
 fn cache_serves_spp_vectors_computed_once() {
     let Some(assets) = assets() else { return };
-    let mut encoder = Encoder::load(&derived("small_encoder.onnx"), 129, 1).unwrap();
+    let mut encoder = Encoder::load(&derived("small_encoder.onnx"), &small_manifest(), 129, 1).unwrap();
     let spp = SppConfig::default();
     let root = tempfile::tempdir().unwrap();
-    let cache = FeatureCache::open(root.path(), encoder.sha256(), encoder.input_size(), &spp).unwrap();
+    let cache = FeatureCache::open(root.path(), encoder.sha256(), &encoder.preprocessing(), &spp).unwrap();
     let image_path = assets.join("models/testdata/bird_segmentation.bmp");
     let image_hash = content_hash(&std::fs::read(&image_path).unwrap());
     let (bgr, width, height) = read_bgr(&image_path);

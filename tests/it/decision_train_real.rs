@@ -209,7 +209,13 @@ fn decision_cost_against_the_small_network() {
     );
     println!("small network (1 thread): {whole_us:.0} µs per frame (median)");
     for size in [257u32, 129] {
-        let mut encoder = Encoder::load(&encoder_path, size, 1).unwrap();
+        let mut encoder = Encoder::load(
+            &encoder_path,
+            &edgeseg::infer::ModelManifest::load(&common::root().join("models/deeplab-small.toml")).unwrap(),
+            size,
+            1,
+        )
+        .unwrap();
         let input = vec![0.1f32; encoder.input_len()];
         let encoder_us = median_micros(
             || {

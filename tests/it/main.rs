@@ -6,6 +6,7 @@
 mod common;
 mod decision_base;
 mod decision_train_real;
+mod dn_routing;
 mod eval_segment;
 mod impaired_link;
 mod local;

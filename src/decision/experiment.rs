@@ -1,0 +1,368 @@
+//! The two commands built on the per-image records ([`super::dataset`]): `dn train` (records →
+//! samples → [`super::train::train`] → `dn.toml` + `dn.safetensors`) and `eval routing`
+//! (records → the decision network's predictions and the baselines → routing curves through
+//! [`crate::eval::routing`]).
+//!
+//! The policies compared, with what each costs per frame (GFLOPs counted from the ONNX graphs):
+//! - `dn-thesis`, `dn-iou-img`, `dn-gain`: the decision network's three rules
+//!   ([`super::rule::remote_score`], as the live decision stage scores them). Shared base (the
+//!   small network's own 257x257 input): encoder + decision head on every frame, the small
+//!   network's head on a local frame, the large network on a remote one. Downscaled base:
+//!   encoder at its size + decision head on every frame, the whole small network on a local one.
+//! - `max-softmax`, `entropy`: the small network's own confidence; it runs on every frame, and
+//!   the large network on remote frames.
+//! - `random` (expected figures at each remote fraction) and `oracle` (true gain first): no
+//!   decision cost.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use super::config::{DnConfig, Split};
+use super::dataset::{sample_video, set_sha256, ImageRecord, RecordBuilder, RecordSettings, Source, SourceImages};
+use super::net::{DecisionNet, NetShape, Prediction};
+use super::rule::{remote_score, Rule};
+use super::spp::SppConfig;
+use super::store::{self, BaseInfo, DataSetInfo, DecisionNetMeta, TrainingInfo};
+use super::train::{train, TrainReport};
+use super::{DecisionError, VOC_CLASSES};
+use crate::eval::routing::{evaluate, Direction, FrameCost, NetworkCosts, Policy, PolicyKind, RoutedImage, RoutingEvaluation, RoutingSet};
+use crate::eval::routing_report::{self, ReportContext, RoutingFiles};
+use crate::eval::Dataset;
+use crate::infer::onnx_graph::cost_for_manifest;
+use crate::infer::ModelManifest;
+
+/// mIoU-drop budgets (points) at which thresholds are chosen.
+pub const BUDGETS_POINTS: [f64; 2] = [3.0, 1.0];
+
+/// GFLOPs per frame of every part that routing can run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PartCosts {
+    pub small: f64,
+    pub large: f64,
+    /// The encoder at the base's input size.
+    pub encoder: f64,
+    /// The small network's head on 257x257-input features.
+    pub head: f64,
+    pub decision_head: f64,
+    /// Whether the base shares the small network's input (a local frame reuses its features).
+    pub shared: bool,
+}
+
+impl PartCosts {
+    pub fn measure(config: &DnConfig, input_size: u32, decision_shape: &NetShape) -> Result<Self, DecisionError> {
+        let gflops = |path: &Path| -> Result<f64, DecisionError> {
+            let manifest =
+                ModelManifest::load(path).map_err(|e| DecisionError::Model { manifest: path.to_path_buf(), source: Box::new(e.into()) })?;
+            Ok(cost_for_manifest(&manifest)?.1.gflops())
+        };
+        let small_manifest = ModelManifest::load(&config.models.small)
+            .map_err(|e| DecisionError::Model { manifest: config.models.small.clone(), source: Box::new(e.into()) })?;
+        let small_size = small_manifest.input.width;
+        let side = |size: u32| (size as usize - 1) / 8 + 1;
+        let channels = decision_shape.input_len / SppConfig::default().bins().max(1);
+        Ok(PartCosts {
+            small: gflops(&config.models.small)?,
+            large: gflops(&config.models.large)?,
+            encoder: super::base::part_gflops(&config.base.encoder, &[1, input_size as usize, input_size as usize, 3])?,
+            head: super::base::part_gflops(&config.base.head, &[1, channels, side(small_size), side(small_size)])?,
+            decision_head: decision_shape.flops() as f64 / 1e9,
+            shared: input_size == small_size && small_manifest.input.height == small_size,
+        })
+    }
+
+    /// What a decision-network rule costs per frame.
+    pub fn decision_network(&self) -> FrameCost {
+        let decision = self.encoder + self.decision_head;
+        if self.shared {
+            FrameCost { decision, local: self.head, remote: self.large }
+        } else {
+            FrameCost { decision, local: self.small, remote: self.large }
+        }
+    }
+
+    /// The decision's own cost against the small network: for a local frame with the shared
+    /// base (its features are reused, so only the decision head counts), per frame otherwise.
+    pub fn decision_over_small(&self) -> f64 {
+        if self.shared {
+            (self.encoder + self.decision_head + self.head - self.small) / self.small
+        } else {
+            (self.encoder + self.decision_head) / self.small
+        }
+    }
+
+    pub fn networks(&self) -> NetworkCosts {
+        NetworkCosts { small: self.small, large: self.large }
+    }
+}
+
+/// Every policy of the module doc, on `records` with the network's `predictions`.
+pub fn policies(records: &[ImageRecord], predictions: &[Prediction], presence: f32, costs: &PartCosts) -> Vec<Policy> {
+    let dn = costs.decision_network();
+    let plain = FrameCost { decision: 0.0, local: costs.small, remote: costs.large };
+    let confidence = FrameCost { decision: costs.small, local: 0.0, remote: costs.large };
+    let rule = |name: &str, rule: Rule| {
+        // remote_score is "higher = remote sooner"; the quality rules read better as "local above t".
+        let (sign, direction) = match rule {
+            Rule::Gain => (1.0, Direction::RemoteAbove),
+            Rule::Thesis | Rule::PredictedIouImg => (-1.0, Direction::LocalAbove),
+        };
+        let values = predictions.iter().map(|p| sign * remote_score(rule, p, presence) as f64).collect();
+        Policy { name: name.to_string(), kind: PolicyKind::Values { values, direction }, cost: dn }
+    };
+    let max_entropy = (VOC_CLASSES.len() as f64).ln();
+    vec![
+        rule("dn-thesis", Rule::Thesis),
+        rule("dn-iou-img", Rule::PredictedIouImg),
+        rule("dn-gain", Rule::Gain),
+        Policy {
+            name: "max-softmax".into(),
+            kind: PolicyKind::Values {
+                values: records.iter().map(|r| r.outcome.mean_max_softmax as f64).collect(),
+                direction: Direction::LocalAbove,
+            },
+            cost: confidence,
+        },
+        Policy {
+            name: "entropy".into(),
+            kind: PolicyKind::Values {
+                values: records.iter().map(|r| r.outcome.mean_entropy as f64 / max_entropy).collect(),
+                direction: Direction::RemoteAbove,
+            },
+            cost: confidence,
+        },
+        Policy { name: "random".into(), kind: PolicyKind::Random, cost: plain },
+        Policy { name: "oracle".into(), kind: PolicyKind::Oracle, cost: plain },
+    ]
+}
+
+fn routing_set(records: &[ImageRecord]) -> Result<RoutingSet, DecisionError> {
+    Ok(RoutingSet::new(records.iter().map(|r| RoutedImage::new(&r.outcome.small, &r.outcome.large)).collect())?)
+}
+
+fn predictions(net: &DecisionNet, records: &[ImageRecord]) -> Result<Vec<Prediction>, DecisionError> {
+    let mut out = Vec::with_capacity(records.len());
+    for chunk in records.chunks(256) {
+        let inputs: Vec<f32> = chunk.iter().flat_map(|r| r.spp.iter().copied()).collect();
+        out.extend(net.predict_batch(&inputs, chunk.len())?);
+    }
+    Ok(out)
+}
+
+/// Routing figures of `net` on `records`, thresholds chosen on `choose_on` (or on `records`).
+pub fn routing_evaluation(
+    net: &DecisionNet,
+    presence: f32,
+    costs: &PartCosts,
+    records: &[ImageRecord],
+    choose_on: Option<&[ImageRecord]>,
+) -> Result<RoutingEvaluation, DecisionError> {
+    let set = routing_set(records)?;
+    let evaluated = policies(records, &predictions(net, records)?, presence, costs);
+    let choosing = match choose_on {
+        Some(records) => Some((routing_set(records)?, policies(records, &predictions(net, records)?, presence, costs))),
+        None => None,
+    };
+    Ok(evaluate(&set, &evaluated, costs.networks(), choosing.as_ref().map(|(s, p)| (s, p.as_slice())), &BUDGETS_POINTS)?)
+}
+
+fn settings(config: &DnConfig, input_size: u32, spp: &SppConfig, progress: bool) -> RecordSettings {
+    RecordSettings {
+        encoder: config.base.encoder.clone(),
+        input_size,
+        spp: spp.clone(),
+        small: config.models.small.clone(),
+        large: config.models.large.clone(),
+        cache_dir: config.compute.cache_dir.clone(),
+        workers: config.compute.workers.get(),
+        intra_threads: config.compute.intra_threads.get(),
+        progress,
+    }
+}
+
+/// The labelled sets and sampled videos of `config` with the given split.
+fn sources(config: &DnConfig, split: Split) -> Result<Vec<Source>, DecisionError> {
+    let mut out = Vec::new();
+    for set in config.sets.iter().filter(|s| s.split == split) {
+        let dataset = Dataset::open(&set.data, set.list.as_deref(), VOC_CLASSES.len())?;
+        if let Some(rejected) = dataset.rejected().first() {
+            return Err(rejected.clone().into());
+        }
+        out.push(Source { name: set.name.clone(), images: SourceImages::Labelled { dataset, teacher: set.teacher } });
+    }
+    for video in config.videos.iter().filter(|v| v.split == split) {
+        let frames = sample_video(&video.pipeline, &video.path, video.every.get(), video.max_frames.get())?;
+        tracing::info!(video = %video.path.display(), frames = frames.len(), every = video.every.get(), "teacher frames sampled");
+        out.push(Source { name: video.name.clone(), images: SourceImages::Frames(frames) });
+    }
+    Ok(out)
+}
+
+fn describe_sets(sources: &[Source], records: &[ImageRecord]) -> Vec<DataSetInfo> {
+    sources
+        .iter()
+        .map(|s| {
+            let own: Vec<ImageRecord> = records.iter().filter(|r| r.source == s.name).cloned().collect();
+            DataSetInfo { name: s.name.clone(), sha256: set_sha256(&own), images: own.len(), labels: s.labels() }
+        })
+        .collect()
+}
+
+/// What `dn train` did.
+#[derive(Debug)]
+pub struct TrainOutcome {
+    pub toml: PathBuf,
+    pub report: TrainReport,
+    pub train_images: usize,
+    pub validation_images: usize,
+    /// Images that missed the cache (the networks ran on them).
+    pub computed_images: usize,
+    /// Computing (or reading back) the per-image figures.
+    pub features_s: f64,
+    pub training_s: f64,
+    pub costs: PartCosts,
+    /// Routing on the validation sets (thresholds chosen there too), when there are any.
+    pub validation_routing: Option<RoutingEvaluation>,
+}
+
+/// `edgeseg dn train`: see the module doc. Writes `dn.toml` + `dn.safetensors` into `out_dir`
+/// (default `output.dir`).
+pub fn train_from_config(config: &DnConfig, out_dir: Option<&Path>) -> Result<TrainOutcome, DecisionError> {
+    let started = Instant::now();
+    let builder = RecordBuilder::new(settings(config, config.base.input_size, &config.spp, config.training.progress))?;
+    let train_sources = sources(config, Split::Train)?;
+    let validation_sources = sources(config, Split::Validation)?;
+    let (train_records, train_computed) = builder.build(&train_sources)?;
+    let (validation_records, validation_computed) = builder.build(&validation_sources)?;
+    let features_s = started.elapsed().as_secs_f64();
+    let train_samples: Vec<_> = train_records.iter().map(ImageRecord::sample).collect();
+    let validation_samples: Vec<_> = validation_records.iter().map(ImageRecord::sample).collect();
+    let input_len = train_samples.first().map(|s| s.spp.len()).unwrap_or(0);
+    let shape = NetShape::for_input(input_len);
+    let trained = Instant::now();
+    let (net, report) = train(&train_samples, &validation_samples, shape, &config.training)?;
+    let training_s = trained.elapsed().as_secs_f64();
+
+    let encoder_name = config.base.encoder.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let meta = DecisionNetMeta {
+        format: store::FORMAT_VERSION,
+        weights: String::new(),
+        weights_sha256: String::new(),
+        classes: VOC_CLASSES.iter().map(|c| c.to_string()).collect(),
+        base: BaseInfo {
+            encoder: encoder_name,
+            encoder_sha256: super::cache::file_sha256(&config.base.encoder)?,
+            input_size: config.base.input_size,
+            channels: input_len / config.spp.bins().max(1),
+        },
+        spp: config.spp.clone(),
+        layers: shape,
+        training: TrainingInfo {
+            settings: config.training.clone(),
+            sets: describe_sets(&train_sources, &train_records),
+            validation_sets: describe_sets(&validation_sources, &validation_records),
+            final_train_loss: report.final_train_loss,
+        },
+        validation: report.validation.last().cloned(),
+    };
+    let dir = out_dir.unwrap_or(&config.output.dir);
+    let toml = dir.join("dn.toml");
+    store::save(&toml, &net, meta)?;
+    let costs = PartCosts::measure(config, config.base.input_size, &shape)?;
+    let validation_routing = if validation_records.is_empty() {
+        None
+    } else {
+        Some(routing_evaluation(&net, config.training.presence as f32, &costs, &validation_records, None)?)
+    };
+    Ok(TrainOutcome {
+        toml,
+        report,
+        computed_images: train_computed + validation_computed,
+        train_images: train_records.len(),
+        validation_images: validation_records.len(),
+        features_s,
+        training_s,
+        costs,
+        validation_routing,
+    })
+}
+
+/// A labelled folder and its optional id list, as given on the command line.
+#[derive(Debug, Clone)]
+pub struct DataArg {
+    pub data: PathBuf,
+    pub list: Option<PathBuf>,
+}
+
+impl DataArg {
+    /// `camvid_voc/val.txt`-style name.
+    pub fn name(&self) -> String {
+        let folder = self.data.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| self.data.display().to_string());
+        match &self.list {
+            Some(list) => format!("{folder}/{}", list.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()),
+            None => folder,
+        }
+    }
+
+    fn source(&self) -> Result<Source, DecisionError> {
+        let dataset = Dataset::open(&self.data, self.list.as_deref(), VOC_CLASSES.len())?;
+        if let Some(rejected) = dataset.rejected().first() {
+            return Err(rejected.clone().into());
+        }
+        Ok(Source { name: self.name(), images: SourceImages::Labelled { dataset, teacher: false } })
+    }
+}
+
+/// What `eval routing` is asked to do.
+#[derive(Debug, Clone)]
+pub struct RoutingRequest {
+    pub dn: PathBuf,
+    pub data: Vec<DataArg>,
+    pub choose_on: Vec<DataArg>,
+    pub out: PathBuf,
+    pub progress: bool,
+}
+
+/// `edgeseg eval routing`: records of the evaluated (and choosing) sets with the decision
+/// network's base, every policy's curves, thresholds chosen on `choose_on`, files into `out`.
+pub fn evaluate_routing(config: &DnConfig, request: &RoutingRequest) -> Result<(RoutingEvaluation, RoutingFiles), DecisionError> {
+    let loaded = store::load(&request.dn)?;
+    let base = &loaded.meta.base;
+    loaded.check_base(&super::cache::file_sha256(&config.base.encoder)?, base.input_size, base.channels, &loaded.meta.spp)?;
+    let builder = RecordBuilder::new(settings(config, base.input_size, &loaded.meta.spp, request.progress))?;
+    let sources_of = |args: &[DataArg]| args.iter().map(DataArg::source).collect::<Result<Vec<_>, _>>();
+    let (records, _) = builder.build(&sources_of(&request.data)?)?;
+    let choosing = if request.choose_on.is_empty() { None } else { Some(builder.build(&sources_of(&request.choose_on)?)?.0) };
+    let costs = PartCosts::measure(config, base.input_size, &loaded.meta.layers)?;
+    let presence = loaded.meta.training.settings.presence as f32;
+    let evaluation = routing_evaluation(&loaded.net, presence, &costs, &records, choosing.as_deref())?;
+    let names =
+        |args: &[DataArg], count: usize| format!("{} ({count} images)", args.iter().map(DataArg::name).collect::<Vec<_>>().join(" + "));
+    let trained_on: Vec<String> = loaded.meta.training.sets.iter().map(|s| format!("{} ({})", s.name, s.images)).collect();
+    let context = ReportContext {
+        title: "Routing between the small and the large network".into(),
+        evaluated: names(&request.data, records.len()),
+        chosen_on: choosing.as_ref().map(|c| names(&request.choose_on, c.len())),
+        notes: vec![
+            format!(
+                "decision network: {} (base {} at {}x{}, SPP {}; trained on {})",
+                request.dn.display(),
+                base.encoder,
+                base.input_size,
+                base.input_size,
+                loaded.meta.spp.describe(),
+                trained_on.join(", ")
+            ),
+            format!(
+                "GFLOPs: encoder at {} {:.3}, small head {:.3}, decision head {:.4}; decision ÷ small {} = {:.4}",
+                base.input_size,
+                costs.encoder,
+                costs.head,
+                costs.decision_head,
+                if costs.shared { "for a local frame (shared base)" } else { "per frame (downscaled base)" },
+                costs.decision_over_small()
+            ),
+        ],
+    };
+    let files = routing_report::write(&evaluation, &context, &request.out)?;
+    Ok((evaluation, files))
+}

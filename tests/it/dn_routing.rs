@@ -1,0 +1,151 @@
+//! `edgeseg dn train` and `edgeseg eval routing` end to end on the real networks (the decision
+//! network's encoder is the real small network's, so fixture models cannot stand in; skipped
+//! with a printed reason without `../shared/assets` or `$EDGESEG_ASSETS`): a short training on a
+//! handful of VOC and COCO images plus a few teacher frames of a fixture video writes loadable
+//! files, a second run reads every per-image figure from the cache and gives the same weights,
+//! and a routing evaluation writes its CSV, plots and report.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use edgeseg::decision::store;
+
+use super::common;
+
+fn assets() -> Option<PathBuf> {
+    let dir = edgeseg::infer::manifest::assets_dir();
+    let needed =
+        ["models/deeplabv3_mnv2_dm05_voc_257.onnx", "models/deeplabv3_mnv2_voc_513_fp32.onnx", "voc/val.txt", "coco_voc20/val.txt"];
+    if needed.iter().all(|p| dir.join(p).is_file()) {
+        Some(dir)
+    } else {
+        eprintln!("SKIPPED: the real networks or labelled sets are missing under {} (set EDGESEG_ASSETS)", dir.display());
+        None
+    }
+}
+
+/// The first `n` ids of a set's list, written to `dir/name`.
+fn first_ids(list: &Path, n: usize, dir: &Path, name: &str) -> PathBuf {
+    let ids: Vec<String> =
+        std::fs::read_to_string(list).unwrap().lines().filter(|l| !l.trim().is_empty()).take(n).map(String::from).collect();
+    let path = dir.join(name);
+    std::fs::write(&path, ids.join("\n") + "\n").unwrap();
+    path
+}
+
+fn run(args: &[&str]) -> String {
+    let output = Command::new(common::bin()).args(args).current_dir(common::root()).output().expect("running edgeseg");
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "edgeseg {args:?} failed:\n{stdout}\n{stderr}");
+    stdout.into_owned()
+}
+
+#[test]
+fn dn_train_twice_then_eval_routing_on_real_images() {
+    let Some(assets) = assets() else { return };
+    let _machine = common::shared_machine();
+    let root = common::fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let voc_list = first_ids(&assets.join("voc/val.txt"), 6, dir.path(), "voc6.txt");
+    let coco_list = first_ids(&assets.join("coco_voc20/val.txt"), 6, dir.path(), "coco6.txt");
+    let config = dir.path().join("dn.toml");
+    let text = format!(
+        r#"
+[base]
+encoder = "{root}/models/derived/small_encoder.onnx"
+head = "{root}/models/derived/small_head.onnx"
+[models]
+small = "{root}/models/deeplab-small.toml"
+large = "{root}/models/deeplab-large-fp32.toml"
+[compute]
+cache_dir = "cache"
+[[sets]]
+name = "voc6"
+data = "${{EDGESEG_ASSETS}}/voc"
+list = "voc6.txt"
+split = "train"
+[[sets]]
+name = "coco6"
+data = "${{EDGESEG_ASSETS}}/coco_voc20"
+list = "coco6.txt"
+split = "validation"
+[[videos]]
+name = "short"
+path = "{root}/fixtures/short.mp4"
+pipeline = "{root}/pipelines/file.pipeline"
+every = 10
+max_frames = 3
+split = "train"
+[training]
+max_iterations = 30
+validate_every = 10
+[output]
+dir = "dn"
+"#,
+        root = root.display()
+    );
+    std::fs::write(&config, text).unwrap();
+    let config_arg = config.to_str().unwrap();
+
+    let first = run(&["dn", "train", "--config", config_arg]);
+    assert!(first.contains("9 training and 6 validation images"), "{first}");
+    assert!(first.contains("15 computed, 0 from the cache"), "{first}");
+    let toml = dir.path().join("dn/dn.toml");
+    let loaded = store::load(&toml).unwrap();
+    assert_eq!(loaded.meta.base.input_size, 257);
+    assert_eq!(loaded.meta.layers.input_len, 800);
+    let sets: Vec<(&str, usize)> = loaded.meta.training.sets.iter().map(|s| (s.name.as_str(), s.images)).collect();
+    assert_eq!(sets, [("voc6", 6), ("short", 3)]);
+    assert_eq!(loaded.meta.training.sets[1].labels, store::LabelSource::Teacher);
+    assert_eq!(loaded.meta.training.validation_sets[0].name, "coco6");
+    assert_eq!(loaded.meta.validation.as_ref().map(|v| (v.iteration, v.samples)), Some((30, 6)));
+    let weights = loaded.meta.weights_sha256.clone();
+
+    // Same data, same seed: every figure from the cache, the same weights.
+    let second = run(&["dn", "train", "--config", config_arg, "--out", dir.path().join("again").to_str().unwrap()]);
+    assert!(second.contains("0 computed, 15 from the cache"), "{second}");
+    assert_eq!(store::load(&dir.path().join("again/dn.toml")).unwrap().meta.weights_sha256, weights);
+
+    let out = dir.path().join("routing");
+    let voc = assets.join("voc");
+    let coco = assets.join("coco_voc20");
+    let report = run(&[
+        "eval",
+        "routing",
+        "--dn",
+        toml.to_str().unwrap(),
+        "--config",
+        config_arg,
+        "--data",
+        voc.to_str().unwrap(),
+        "--list",
+        voc_list.to_str().unwrap(),
+        "--choose-on",
+        coco.to_str().unwrap(),
+        "--choose-list",
+        coco_list.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(report.contains("eval routing: 6 images"), "{report}");
+    let csv = std::fs::read_to_string(out.join("routing.csv")).unwrap();
+    let policies = ["dn-thesis", "dn-iou-img", "dn-gain", "max-softmax", "entropy", "random", "oracle"];
+    for policy in policies {
+        let thresholds = csv.lines().filter(|l| l.starts_with(&format!("{policy},threshold,"))).count();
+        assert_eq!(thresholds, 101, "{policy}");
+        let fractions: Vec<&str> = csv.lines().filter(|l| l.starts_with(&format!("{policy},fraction,"))).collect();
+        // From none remote to all remote (7 points at most for 6 images).
+        assert!((2..=7).contains(&fractions.len()), "{policy}: {fractions:?}");
+    }
+    let markdown = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(markdown.contains("| dn-thesis |") && markdown.contains("## dn-iou-img by threshold"), "{markdown}");
+    assert!(markdown.contains("coco_voc20/coco6.txt"), "thresholds chosen on the named set: {markdown}");
+    for stem in ["miou_vs_remote_fraction", "miou_vs_compute", "precision_dn-thesis"] {
+        let png = std::fs::read(out.join(format!("{stem}.png"))).unwrap();
+        assert!(png.starts_with(b"\x89PNG") && png.len() > 5000, "{stem}.png");
+        let svg = std::fs::read_to_string(out.join(format!("{stem}.svg"))).unwrap();
+        assert!(svg.contains("<svg") && svg.contains("hybrid mIoU") || stem.starts_with("precision"), "{stem}.svg");
+    }
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("routing.json")).unwrap()).unwrap();
+    assert_eq!(json["images"], 6);
+}
