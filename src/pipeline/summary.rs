@@ -5,8 +5,9 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::metrics::{Percentiles, QueueReport, RemoteHealthSnapshot};
-use crate::sink::{SinkReport, Written};
+use crate::frame::Segmented;
+use crate::metrics::{Percentiles, QueueReport, RemoteHealthSnapshot, RouteTimeline, RouteWindow};
+use crate::sink::{Observer, SinkError, SinkReport, Written};
 
 #[derive(Debug, Serialize)]
 pub struct RunSummary {
@@ -22,9 +23,21 @@ pub struct RunSummary {
     pub latency: BTreeMap<String, Percentiles>,
     pub queues: Vec<QueueReport>,
     pub remote: Option<RemoteHealthSnapshot>,
+    /// Where the frames went, per `output.route_window_s` of capture time.
+    pub route_windows: Vec<RouteWindow>,
     pub released_out_of_order: u64,
     pub outputs: Written,
     pub error: Option<String>,
+}
+
+/// Counts every finished frame into the run's route windows, as the outputs see it.
+pub(super) struct RouteCounter(pub(super) std::sync::Arc<RouteTimeline>);
+
+impl Observer for RouteCounter {
+    fn observe(&mut self, frame: &Segmented) -> Result<(), SinkError> {
+        self.0.record(frame.frame.captured_at, frame.source.label());
+        Ok(())
+    }
 }
 
 /// What the ingest counted.
@@ -41,6 +54,7 @@ impl RunSummary {
         wall_s: f64,
         queues: Vec<QueueReport>,
         remote: Option<RemoteHealthSnapshot>,
+        route_windows: Vec<RouteWindow>,
         error: Option<String>,
     ) -> Self {
         RunSummary {
@@ -55,6 +69,7 @@ impl RunSummary {
             by_source: sink.by_source,
             queues,
             remote,
+            route_windows,
             released_out_of_order: sink.released_out_of_order,
             outputs: sink.written,
             error,
