@@ -189,9 +189,9 @@ fn optional_ip_port<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr
     text.parse().map(Some).map_err(|_| D::Error::custom("is not an ip:port socket address (or \"\" for off)"))
 }
 
-/// How the edge decides, for now, which frames go to the remote worker. The decision network
-/// replaces this with per-frame predicted IoU; until then these fixed policies let the remote
-/// path be used and tested on its own.
+/// How the edge decides which frames go to the remote worker: fixed policies that let the
+/// remote path be used and tested on its own, or `threshold`: a per-frame score (the decision
+/// network's predicted IoU) against a threshold that `[control]` sets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Routing {
@@ -199,6 +199,41 @@ pub enum Routing {
     Local,
     Remote,
     EveryNth,
+    Threshold,
+}
+
+/// How the control unit moves the threshold (`control.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ControlMode {
+    /// The thesis: the threshold stays at `control.threshold`.
+    #[default]
+    Fixed,
+    /// Hold the share of frames sent remote near `control.remote_budget`.
+    Budget,
+    /// Hold the local queue (and frame latency) at their targets, within the remote budget.
+    Adaptive,
+}
+
+/// Which per-frame score the threshold is compared with (`control.score`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScoreChoice {
+    /// A deterministic pseudo-random value in [0, 1) per frame: the threshold is then the
+    /// expected share of frames sent remote (a stand-in until the decision network lands).
+    #[default]
+    Uniform,
+    /// `control.constant_score` for every frame.
+    Constant,
+}
+
+/// One row of the battery policy: at or below `level` percent, while discharging, the
+/// threshold is at least `min_threshold`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatteryStep {
+    pub level: u8,
+    pub min_threshold: f32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -332,6 +367,8 @@ pub struct OutputConfig {
     pub overlay_encoder: String,
     /// Period of the `metrics.jsonl` samples (queue depths, remote health); 0 turns them off.
     pub metrics_interval_ms: Millis,
+    /// Length of the windows in which `summary.json` counts where frames went.
+    pub route_window_s: Seconds,
 }
 
 impl Default for OutputConfig {
@@ -344,6 +381,7 @@ impl Default for OutputConfig {
             overlay_alpha: 0.5,
             overlay_encoder: "videoconvert ! openh264enc ! h264parse ! mp4mux".to_string(),
             metrics_interval_ms: Millis::new(1000),
+            route_window_s: Seconds::new(10),
         }
     }
 }
@@ -430,6 +468,76 @@ impl Default for WorkerHealthConfig {
     }
 }
 
+/// `[control]`: the threshold of `remote.routing = "threshold"` and what moves it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControlConfig {
+    pub mode: ControlMode,
+    pub score: ScoreChoice,
+    pub constant_score: f32,
+    /// The fixed threshold, and where the others start.
+    pub threshold: f32,
+    pub threshold_min: f32,
+    pub threshold_max: f32,
+    /// Between two steps of the controller (and reads of CPU and battery).
+    pub interval_ms: Millis,
+    /// Threshold per unit of error, and per unit of error and second.
+    pub kp: f32,
+    pub ki: f32,
+    /// Largest change of the threshold per second.
+    pub max_rate: f32,
+    /// Highest share of frames to send remote (budget and adaptive modes).
+    pub remote_budget: f32,
+    /// Frames waiting for the small network the adaptive mode holds to.
+    pub target_local_queue: f32,
+    /// Age of a local frame when its mask is ready the adaptive mode holds to; 0 = not used.
+    pub target_latency_ms: Millis,
+    /// CPU utilisation above which the CPU counts as saturated, and how strongly that raises the threshold (0 = not at all).
+    pub cpu_high: f32,
+    pub cpu_weight: f32,
+    /// Round-trip time, as a share of remote.deadline_ms, above which the remote counts as slow.
+    pub rtt_high: f32,
+    /// Share of remote frames falling back above which the remote counts as failing.
+    pub max_fallback_rate: f32,
+    /// Adaptive mode: a frame that would wait on a full local queue goes remote instead.
+    pub spill: bool,
+    /// Consecutive remote failures that open the circuit breaker, and how long it stays open.
+    pub breaker_failures: Count<100_000>,
+    pub breaker_cooldown_ms: Millis,
+    /// Where the batteries are (`/sys/class/power_supply`); none there = on mains.
+    pub power_supply_dir: PathBuf,
+    pub battery: Vec<BatteryStep>,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            mode: ControlMode::default(),
+            score: ScoreChoice::default(),
+            constant_score: 0.5,
+            threshold: 0.3,
+            threshold_min: 0.0,
+            threshold_max: 1.0,
+            interval_ms: Millis::new(200),
+            kp: 0.2,
+            ki: 0.5,
+            max_rate: 0.5,
+            remote_budget: 1.0,
+            target_local_queue: 2.0,
+            target_latency_ms: Millis::new(0),
+            cpu_high: 0.9,
+            cpu_weight: 0.5,
+            rtt_high: 0.6,
+            max_fallback_rate: 0.05,
+            spill: true,
+            breaker_failures: Count::literal(5),
+            breaker_cooldown_ms: Millis::new(2000),
+            power_supply_dir: PathBuf::from("/sys/class/power_supply"),
+            battery: vec![BatteryStep { level: 30, min_threshold: 0.6 }, BatteryStep { level: 15, min_threshold: 0.9 }],
+        }
+    }
+}
+
 /// Everything the edge service needs: `config/edge.toml`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -441,6 +549,7 @@ pub struct EdgeConfig {
     pub remote: RemoteConfig,
     pub health: EdgeHealthConfig,
     pub metrics: MetricsConfig,
+    pub control: ControlConfig,
 }
 
 /// `[batching]` of the worker.
@@ -703,6 +812,7 @@ impl EdgeConfig {
         if let Some(t) = self.remote.tls.as_mut() {
             resolve_tls(base, t);
         }
+        resolve(base, &mut self.control.power_supply_dir);
     }
 
     fn validate(&self, c: &mut Checker) {
@@ -737,6 +847,53 @@ impl EdgeConfig {
                 Some(t) => c.tls("remote.tls", t),
                 None => c.check(false, "remote.tls", "(missing)", "must be set when remote.routing is not \"local\""),
             }
+        }
+        let window = self.output.route_window_s.units();
+        c.check((1..=3600).contains(&window), "output.route_window_s", window, "is outside 1..=3600");
+        self.control.validate(c);
+    }
+}
+
+impl ControlConfig {
+    fn validate(&self, c: &mut Checker) {
+        let unit = 0.0..=1.0;
+        let fractions = [
+            ("control.constant_score", self.constant_score),
+            ("control.threshold", self.threshold),
+            ("control.threshold_min", self.threshold_min),
+            ("control.threshold_max", self.threshold_max),
+            ("control.remote_budget", self.remote_budget),
+            ("control.cpu_weight", self.cpu_weight),
+            ("control.max_fallback_rate", self.max_fallback_rate),
+        ];
+        for (key, value) in fractions {
+            c.check(unit.contains(&value), key, value, "is outside 0..=1");
+        }
+        c.check(
+            self.threshold_min <= self.threshold && self.threshold <= self.threshold_max,
+            "control.threshold",
+            self.threshold,
+            &format!("must lie within control.threshold_min..=control.threshold_max ({}..={})", self.threshold_min, self.threshold_max),
+        );
+        let interval = self.interval_ms.units();
+        c.check((10..=60_000).contains(&interval), "control.interval_ms", interval, "is outside 10..=60000");
+        for (key, value) in [("control.kp", self.kp), ("control.ki", self.ki)] {
+            c.check(value.is_finite() && (0.0..=100.0).contains(&value), key, value, "is outside 0..=100");
+        }
+        c.check(self.max_rate > 0.0 && self.max_rate <= 100.0, "control.max_rate", self.max_rate, "is outside (0, 100] (threshold per second)");
+        c.check(
+            self.target_local_queue > 0.0 && self.target_local_queue <= 1024.0,
+            "control.target_local_queue",
+            self.target_local_queue,
+            "is outside (0, 1024] (frames)",
+        );
+        c.check(self.cpu_high > 0.0 && self.cpu_high < 1.0, "control.cpu_high", self.cpu_high, "is outside (0, 1)");
+        c.check(self.rtt_high > 0.0 && self.rtt_high <= 1.0, "control.rtt_high", self.rtt_high, "is outside (0, 1] (share of remote.deadline_ms)");
+        c.check(self.max_fallback_rate > 0.0, "control.max_fallback_rate", self.max_fallback_rate, "must be above 0");
+        c.check(self.breaker_cooldown_ms.units() >= 1, "control.breaker_cooldown_ms", self.breaker_cooldown_ms, "must be at least 1");
+        for (i, step) in self.battery.iter().enumerate() {
+            c.check(step.level <= 100, &format!("control.battery[{i}].level"), step.level, "is outside 0..=100 (percent)");
+            c.check(unit.contains(&step.min_threshold), &format!("control.battery[{i}].min_threshold"), step.min_threshold, "is outside 0..=1");
         }
     }
 }

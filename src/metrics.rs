@@ -1,14 +1,15 @@
-//! Measurements the pipeline exposes while it runs (queue depths, remote health) and reports
-//! when it ends (latency percentiles). Queue depths and remote health are what the control unit
-//! reads, sampled per frame, to adapt its offloading threshold, so they are plain
-//! shared values, cheap to sample. [`health`] judges from the same counters whether the service
-//! is doing its job.
+//! Measurements the pipeline exposes while it runs (queue depths, local latency, remote health)
+//! and reports when it ends (latency percentiles, where frames went over time). Queue depths,
+//! local latency and remote health are what the control unit reads, sampled per frame, to adapt
+//! its offloading threshold, so they are plain shared values, cheap to sample. [`health`] judges from the same counters whether the
+//! service is doing its job.
 
 pub mod health;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -149,9 +150,13 @@ pub struct RemoteHealth {
     pub consecutive_failures: AtomicU64,
     pub worker_queue_ewma_us: AtomicU64,
     pub connected: AtomicUsize,
+    /// Frames sent remote that the small network answered instead (every failure ends so).
+    pub fallbacks: AtomicU64,
+    /// Of those, the ones a worker turned away because its queue was full.
+    pub overloaded: AtomicU64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct RemoteHealthSnapshot {
     pub rtt_ms: f64,
     pub in_flight: usize,
@@ -161,6 +166,8 @@ pub struct RemoteHealthSnapshot {
     pub consecutive_failures: u64,
     pub worker_queue_ms: f64,
     pub connected_workers: usize,
+    pub fallbacks: u64,
+    pub overloaded: u64,
 }
 
 impl RemoteHealth {
@@ -182,6 +189,14 @@ impl RemoteHealth {
         self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A frame sent remote went to the small network instead; `overloaded`: the worker said so.
+    pub fn record_fallback(&self, overloaded: bool) {
+        self.fallbacks.fetch_add(1, Ordering::Relaxed);
+        if overloaded {
+            self.overloaded.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     pub fn snapshot(&self) -> RemoteHealthSnapshot {
         RemoteHealthSnapshot {
             rtt_ms: self.rtt_ewma_us.load(Ordering::Relaxed) as f64 / 1000.0,
@@ -192,7 +207,76 @@ impl RemoteHealth {
             consecutive_failures: self.consecutive_failures.load(Ordering::Relaxed),
             worker_queue_ms: self.worker_queue_ewma_us.load(Ordering::Relaxed) as f64 / 1000.0,
             connected_workers: self.connected.load(Ordering::Relaxed),
+            fallbacks: self.fallbacks.load(Ordering::Relaxed),
+            overloaded: self.overloaded.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// A recent latency, exponentially weighted (each sample counts 1/8), readable from any thread:
+/// how long local frames take now, for the control unit.
+#[derive(Debug, Default)]
+pub struct LatencyGauge {
+    ewma_us: AtomicU64,
+}
+
+impl LatencyGauge {
+    pub fn record(&self, latency: Duration) {
+        RemoteHealth::ewma(&self.ewma_us, (latency.as_micros() as u64).max(1));
+    }
+
+    /// `None` until the first sample.
+    pub fn ms(&self) -> Option<f64> {
+        let us = self.ewma_us.load(Ordering::Relaxed);
+        (us > 0).then(|| us as f64 / 1000.0)
+    }
+}
+
+/// Where the frames of one stretch of a run went, by when they were captured.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct RouteWindow {
+    pub start_s: f64,
+    pub frames: u64,
+    pub local: u64,
+    pub remote: u64,
+    pub fallback: u64,
+    /// Frames answered by the remote worker, over all frames of the window.
+    pub remote_fraction: f64,
+}
+
+/// Counts finished frames per window of `window` since `started`, for the run summary.
+#[derive(Debug)]
+pub struct RouteTimeline {
+    started: Instant,
+    window: Duration,
+    windows: Mutex<Vec<RouteWindow>>,
+}
+
+impl RouteTimeline {
+    pub fn new(started: Instant, window: Duration) -> Self {
+        RouteTimeline { started, window: window.max(Duration::from_millis(1)), windows: Mutex::default() }
+    }
+
+    /// One finished frame captured at `captured_at` and served by `source` ("local", "remote", "fallback").
+    pub fn record(&self, captured_at: Instant, source: &str) {
+        let index = (captured_at.saturating_duration_since(self.started).as_secs_f64() / self.window.as_secs_f64()) as usize;
+        let mut windows = self.windows.lock().expect("route timeline lock");
+        while windows.len() <= index {
+            let start_s = windows.len() as f64 * self.window.as_secs_f64();
+            windows.push(RouteWindow { start_s, ..RouteWindow::default() });
+        }
+        let w = &mut windows[index];
+        w.frames += 1;
+        match source {
+            "remote" => w.remote += 1,
+            "fallback" => w.fallback += 1,
+            _ => w.local += 1,
+        }
+        w.remote_fraction = w.remote as f64 / w.frames as f64;
+    }
+
+    pub fn windows(&self) -> Vec<RouteWindow> {
+        self.windows.lock().expect("route timeline lock").clone()
     }
 }
 
@@ -209,6 +293,36 @@ mod tests {
         let p = s.percentiles();
         assert_eq!((p.count, p.p50_ms, p.p99_ms, p.max_ms), (100, 50.0, 99.0, 100.0));
         assert_eq!(LatencyStats::default().percentiles().p50_ms, 0.0);
+    }
+
+    #[test]
+    fn latency_gauge_follows_recent_samples() {
+        let gauge = LatencyGauge::default();
+        assert_eq!(gauge.ms(), None);
+        gauge.record(Duration::from_millis(80));
+        assert_eq!(gauge.ms(), Some(80.0));
+        for _ in 0..40 {
+            gauge.record(Duration::from_millis(20));
+        }
+        assert!((gauge.ms().unwrap() - 20.0).abs() < 0.1, "{:?}", gauge.ms());
+    }
+
+    #[test]
+    fn route_timeline_counts_frames_per_window_by_capture_time() {
+        let start = Instant::now();
+        let timeline = RouteTimeline::new(start, Duration::from_secs(10));
+        timeline.record(start + Duration::from_secs(1), "local");
+        timeline.record(start + Duration::from_secs(2), "remote");
+        timeline.record(start + Duration::from_secs(25), "fallback");
+        let w = timeline.windows();
+        assert_eq!(w.len(), 3, "an empty window in between is kept: {w:?}");
+        assert_eq!((w[0].frames, w[0].local, w[0].remote, w[0].remote_fraction), (2, 1, 1, 0.5));
+        assert_eq!((w[1].start_s, w[1].frames), (10.0, 0));
+        assert_eq!((w[2].start_s, w[2].fallback, w[2].remote_fraction), (20.0, 1, 0.0));
+        let health = RemoteHealth::default();
+        health.record_fallback(true);
+        health.record_fallback(false);
+        assert_eq!((health.snapshot().fallbacks, health.snapshot().overloaded), (2, 1));
     }
 
     #[test]

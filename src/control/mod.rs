@@ -2,17 +2,34 @@
 //! network on the remote worker segments it.
 //!
 //! Whatever decides implements [`Decide`]: it sees the frame's [`Job`] and the pipeline's
-//! [`Signals`] (queue depths, remote health, sampled when the frame is decided) and answers with
-//! a [`Decision`]: the route, a record of why (written to `records.jsonl`), and anything it
-//! computed that the local path can reuse. Today the fixed policies of `remote.routing` decide;
-//! the decision network (predicted per-class IoU per frame) and the adaptive threshold (fed by
-//! the same signals) take their place behind the same call, without touching the wiring.
+//! [`Signals`] (queue depths, local latency, CPU, battery, remote health, sampled when the frame
+//! is decided) and answers with a [`Decision`]: the route, a record of why (written to
+//! `records.jsonl`), and anything it computed that the local path can reuse. The fixed policies
+//! of `remote.routing` ([`RoutingPolicy`]) decide from the frame's position alone;
+//! `remote.routing = "threshold"` ([`ThresholdPolicy`]) compares a per-frame [`Score`] (the
+//! decision network's, or a placeholder) with a threshold that the [`Controller`] moves with the
+//! signals, and that a [`breaker::Breaker`] can override when the remote path fails.
+//!
+//! The controller is sans-IO and tested on made-up time; [`system`] reads what the device says
+//! about itself (CPU, battery), and [`plot`] draws what a run's controller did.
+
+pub mod breaker;
+pub mod controller;
+pub mod pi;
+pub mod plot;
+mod policy;
+mod score;
+pub mod system;
 
 use std::time::Instant;
 
 use crate::config::{Count, RemoteConfig, Routing};
 use crate::frame::{Decision, Job, Route};
 use crate::metrics::{QueueSample, RemoteHealthSnapshot};
+pub use controller::{ControlTick, Controller};
+pub use policy::ThresholdPolicy;
+pub use score::{ConstantScore, Score, ScoreError, Scored, UniformScore};
+pub use system::Battery;
 
 /// What the pipeline looks like when a frame is decided.
 #[derive(Debug, Clone)]
@@ -21,6 +38,12 @@ pub struct Signals {
     /// they can be tested on made-up time.
     pub at: Instant,
     pub queues: Vec<QueueSample>,
+    /// Recent age of local frames when their mask is ready; `None` before the first one.
+    pub local_latency_ms: Option<f64>,
+    /// Busy share of the device's CPUs, 0..=1, over the last `control.interval_ms`.
+    pub cpu: Option<f32>,
+    /// `None`: no battery (on mains).
+    pub battery: Option<Battery>,
     /// `None` when the remote path is off.
     pub remote: Option<RemoteHealthSnapshot>,
 }
@@ -28,7 +51,16 @@ pub struct Signals {
 impl Signals {
     /// Signals of an idle pipeline without a remote path.
     pub fn idle(at: Instant) -> Self {
-        Signals { at, queues: Vec::new(), remote: None }
+        Signals { at, queues: Vec::new(), local_latency_ms: None, cpu: None, battery: None, remote: None }
+    }
+
+    pub fn queue(&self, name: &str) -> Option<&QueueSample> {
+        self.queues.iter().find(|q| q.name == name)
+    }
+
+    /// Frames waiting in the queues named.
+    pub fn depth(&self, names: &[&str]) -> usize {
+        self.queues.iter().filter(|q| names.contains(&q.name)).map(|q| q.depth).sum()
     }
 }
 
@@ -57,6 +89,8 @@ impl RoutingPolicy {
             Routing::Remote => Route::Remote,
             Routing::EveryNth if (order + 1) % self.every_nth.get() as u64 == 0 => Route::Remote,
             Routing::EveryNth => Route::Local,
+            // Decided by [`ThresholdPolicy`]; this policy alone has no score to compare.
+            Routing::Threshold => Route::Local,
         }
     }
 
@@ -65,6 +99,7 @@ impl RoutingPolicy {
             Routing::Local => "local",
             Routing::Remote => "remote",
             Routing::EveryNth => "every-nth",
+            Routing::Threshold => "threshold",
         }
     }
 }

@@ -1,25 +1,84 @@
 //! The decision stage: gives each frame its place in the stream, asks the policy where it
-//! goes, and sends it there.
+//! goes, and sends it there. It samples the signals the policy sees: queue depths, local
+//! latency and remote health per frame (shared counters, cheap), CPU and battery every
+//! `control.interval_ms` (files).
 
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::control::{Decide, Signals};
+use super::PipelineError;
+use crate::config::{EdgeConfig, Routing, ScoreChoice};
+use crate::control::system::{read_battery, allowed_cpus, CpuSampler};
+use crate::control::{Battery, ConstantScore, ControlTick, Controller, Decide, RoutingPolicy, Score, Signals, ThresholdPolicy, UniformScore};
 use crate::frame::{Frame, Job, Route};
-use crate::metrics::{QueueDepths, RemoteHealth};
+use crate::metrics::{LatencyGauge, QueueDepths, RemoteHealth};
+
+/// The policy `remote.routing` names; the threshold policy sends its controller's ticks to `ticks`.
+pub(super) fn policy(config: &EdgeConfig, ticks: Option<Sender<ControlTick>>) -> Result<Box<dyn Decide>, PipelineError> {
+    if config.remote.routing != Routing::Threshold {
+        return Ok(Box::new(RoutingPolicy::new(&config.remote)));
+    }
+    let controller = Controller::new(&config.control, config.remote.deadline_ms.get(), Instant::now());
+    Ok(Box::new(ThresholdPolicy::new(score(config)?, controller, ticks)))
+}
+
+/// The per-frame score `control.score` names.
+fn score(config: &EdgeConfig) -> Result<Box<dyn Score>, PipelineError> {
+    Ok(match config.control.score {
+        ScoreChoice::Uniform => Box::new(UniformScore),
+        ScoreChoice::Constant => Box::new(ConstantScore(config.control.constant_score)),
+    })
+}
 
 /// Where the decision stage reads the pipeline's state from.
 pub(super) struct SignalSource {
     pub(super) queues: QueueDepths,
+    /// Age of local frames when their mask is ready.
+    pub(super) local_latency: Arc<LatencyGauge>,
     /// `None` when the remote path is off.
     pub(super) remote: Option<Arc<RemoteHealth>>,
+    pub(super) device: DeviceReadings,
 }
 
 impl SignalSource {
-    fn sample(&self) -> Signals {
-        Signals { at: Instant::now(), queues: self.queues.sample(), remote: self.remote.as_ref().map(|h| h.snapshot()) }
+    fn sample(&mut self) -> Signals {
+        let at = Instant::now();
+        let (cpu, battery) = self.device.read(at);
+        Signals {
+            at,
+            queues: self.queues.sample(),
+            local_latency_ms: self.local_latency.ms(),
+            cpu,
+            battery,
+            remote: self.remote.as_ref().map(|h| h.snapshot()),
+        }
+    }
+}
+
+/// CPU utilisation and battery, read from their files at most once per period.
+pub(super) struct DeviceReadings {
+    cpu: CpuSampler,
+    power_supply_dir: PathBuf,
+    period: Duration,
+    next: Option<Instant>,
+    last: (Option<f32>, Option<Battery>),
+}
+
+impl DeviceReadings {
+    /// Utilisation of the CPUs the calling thread (and the stages it starts) may run on.
+    pub(super) fn new(power_supply_dir: PathBuf, period: Duration) -> Self {
+        DeviceReadings { cpu: CpuSampler::new("/proc/stat", allowed_cpus()), power_supply_dir, period, next: None, last: (None, None) }
+    }
+
+    fn read(&mut self, now: Instant) -> (Option<f32>, Option<Battery>) {
+        if self.next.is_none_or(|next| now >= next) {
+            self.next = Some(now + self.period);
+            self.last = (self.cpu.sample(), read_battery(&self.power_supply_dir));
+        }
+        self.last
     }
 }
 
@@ -28,7 +87,7 @@ impl SignalSource {
 pub(super) fn decision_stage(
     frames: Receiver<Frame>,
     mut policy: Box<dyn Decide>,
-    signals: SignalSource,
+    mut signals: SignalSource,
     local: Sender<Job>,
     remote: Option<Sender<Job>>,
 ) -> impl FnOnce() + Send + 'static {
@@ -68,7 +127,12 @@ mod tests {
     }
 
     fn idle() -> SignalSource {
-        SignalSource { queues: QueueDepths::default(), remote: None }
+        SignalSource {
+            queues: QueueDepths::default(),
+            local_latency: Arc::default(),
+            remote: None,
+            device: DeviceReadings::new(PathBuf::from("/nonexistent"), Duration::from_secs(1)),
+        }
     }
 
     #[test]

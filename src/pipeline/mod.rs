@@ -33,19 +33,22 @@ use std::time::Instant;
 use crossbeam_channel::bounded;
 
 use crate::config::{EdgeConfig, Routing};
-use crate::control::RoutingPolicy;
 use crate::frame::{Frame, Job, Segmented};
 use crate::infer::{InferError, Model};
 use crate::ingest::{FrameBudget, IngestError, IngestOptions, PipelineSpec};
-use crate::metrics::{QueueDepths, QueueGauge, RemoteHealth};
+use crate::metrics::{LatencyGauge, QueueDepths, QueueGauge, RemoteHealth, RouteTimeline};
 use crate::ops::{EdgeTelemetry, PipelineView};
 use crate::remote::client::{ClientError, RemoteClient};
 use crate::shutdown::Shutdown;
 use crate::sink::{Observer, Sink, SinkError, SinkSettings};
-use decide::{decision_stage, SignalSource};
+use decide::{decision_stage, DeviceReadings, SignalSource};
 use monitor::{Monitor, Watched};
 use stage::{map_stage, FirstError, Stages};
 pub use summary::{FrameMemory, RunSummary};
+
+/// Controller ticks waiting for the monitor to write them (it wakes every 20 ms; a tick is
+/// at least 10 ms long): enough that none is lost unless the disk stalls.
+const CONTROL_TICKS_BUFFERED: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -122,6 +125,8 @@ pub fn run_with(
     let errors = FirstError::new(shutdown.clone());
     let queues = QueueDepths::default();
     let started = Instant::now();
+    let routes = Arc::new(RouteTimeline::new(started, config.output.route_window_s.get()));
+    sink.add_observer(Box::new(summary::RouteCounter(routes.clone())));
     let ingest_options = IngestOptions {
         liveness: config.ingest.live,
         capacity: cap,
@@ -147,22 +152,32 @@ pub fn run_with(
         queues.add(QueueGauge::new("remote", &remote_rx));
         let max_in_flight = config.remote.max_in_flight.get();
         let answered = (segmented_tx.clone(), free_pixels.clone());
-        stages.spawn("remote", remote::remote_stage(client, remote_rx, answered, local_tx.clone(), max_in_flight));
+        stages.spawn("remote", remote::remote_stage(client, remote_rx, answered, local_tx.clone(), max_in_flight, health.clone()));
         remote_tx
     });
     telemetry.attach(PipelineView { queues: queues.clone(), ingest: ingest.stats.clone(), remote: remote_health.clone() });
-    let signals = SignalSource { queues: queues.clone(), remote: remote_health.clone() };
-    let policy = Box::new(RoutingPolicy::new(&config.remote));
+    let local_latency = Arc::new(LatencyGauge::default());
+    let device = DeviceReadings::new(config.control.power_supply_dir.clone(), config.control.interval_ms.get());
+    let signals = SignalSource { queues: queues.clone(), local_latency: local_latency.clone(), remote: remote_health.clone(), device };
+    let (ticks_tx, ticks_rx) = bounded(CONTROL_TICKS_BUFFERED);
+    let policy = decide::policy(config, Some(ticks_tx))?;
     stages.spawn("decision", decision_stage(ingest.frames.clone(), policy, signals, local_tx, remote_tx));
     drop(ingest.frames);
     let (spare_tx, spare_rx) = local::spare_inputs(cap);
     stages.spawn("preprocess", map_stage(local_rx, prepared_tx, errors.clone(), local::preprocess(manifest, spare_rx, free_pixels)));
     stages.spawn("infer", map_stage(prepared_rx, inferred_tx, errors.clone(), local::infer(model, spare_tx)));
-    stages.spawn("postprocess", map_stage(inferred_rx, segmented_tx, errors.clone(), local::postprocess()));
+    let mut postprocess = local::postprocess();
+    let postprocess_timed = move |inferred| {
+        let segmented: Segmented = postprocess(inferred)?;
+        local_latency.record(segmented.frame.captured_at.elapsed());
+        Ok(segmented)
+    };
+    stages.spawn("postprocess", map_stage(inferred_rx, segmented_tx, errors.clone(), postprocess_timed));
     let sink_thread =
         std::thread::Builder::new().name("sink".into()).spawn(move || sink.run(segmented_rx)).expect("spawning the sink thread");
 
-    let watched = Watched { queues: queues.clone(), ingest: ingest.stats.clone(), remote: remote_health.clone(), started };
+    let watched =
+        Watched { queues: queues.clone(), ingest: ingest.stats.clone(), remote: remote_health.clone(), control: ticks_rx, started };
     let monitor = Monitor::start(watched, config.output.metrics_interval_ms.period().map(|period| (config.output.dir.as_path(), period)));
 
     match ingest.thread.join() {
@@ -188,7 +203,8 @@ pub fn run_with(
         frame_memory: summary::FrameMemory { budget_bytes: budget.limit(), peak_bytes: budget.peak() },
     };
     let remote = remote_health.map(|h| h.snapshot());
-    let summary = RunSummary::new(intake, report, wall_s, queues.report(), remote, error.as_ref().map(|e| e.to_string()));
+    let summary =
+        RunSummary::new(intake, report, wall_s, queues.report(), remote, routes.windows(), error.as_ref().map(|e| e.to_string()));
     summary.write(&config.output.dir);
     Ok(RunOutcome { summary, error })
 }

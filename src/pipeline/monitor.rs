@@ -1,5 +1,6 @@
 //! While a run lasts: queue depths are sampled (the summary reports the deepest each got) and
-//! written with remote health to `metrics.jsonl`, so a live deployment can be watched.
+//! written with remote health to `metrics.jsonl`, so a live deployment can be watched; the
+//! control unit's ticks go into the same file as they come.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::select;
 use serde::Serialize;
 
+use crate::control::ControlTick;
 use crate::ingest::IngestStats;
 use crate::metrics::{QueueDepths, RemoteHealth, RemoteHealthSnapshot};
 use crate::shutdown::Shutdown;
@@ -46,7 +48,7 @@ impl MetricsWriter {
         }
     }
 
-    fn write(&mut self, sample: &MetricsSample) {
+    fn write(&mut self, sample: &impl Serialize) {
         use std::io::Write;
         let line = serde_json::to_string(sample).map(|mut l| {
             l.push('\n');
@@ -58,12 +60,21 @@ impl MetricsWriter {
     }
 }
 
+/// A controller tick as a line of `metrics.jsonl`.
+#[derive(Serialize)]
+struct ControlSample<'a> {
+    t_s: f64,
+    control: &'a ControlTick,
+}
+
 /// What the monitor reads.
 pub(super) struct Watched {
     pub(super) queues: QueueDepths,
     pub(super) ingest: Arc<IngestStats>,
     /// `None` when the remote path is off.
     pub(super) remote: Option<Arc<RemoteHealth>>,
+    /// The controller's ticks, written as they come.
+    pub(super) control: crossbeam_channel::Receiver<ControlTick>,
     pub(super) started: Instant,
 }
 
@@ -84,7 +95,16 @@ impl Monitor {
             .spawn(move || {
                 let ticks = crossbeam_channel::tick(QUEUE_SAMPLE_PERIOD);
                 let mut last_write = Instant::now();
+                let write_ticks = |writer: &mut Option<(MetricsWriter, Duration)>| {
+                    for tick in watched.control.try_iter() {
+                        let t_s = tick.at.saturating_duration_since(watched.started).as_secs_f64();
+                        if let Some((writer, _)) = writer.as_mut() {
+                            writer.write(&ControlSample { t_s, control: &tick });
+                        }
+                    }
+                };
                 loop {
+                    write_ticks(&mut writer);
                     let depths = watched.queues.sample();
                     if let Some((writer, _)) = writer.as_mut().filter(|(_, period)| last_write.elapsed() >= *period) {
                         last_write = Instant::now();
@@ -98,7 +118,7 @@ impl Monitor {
                     }
                     select! {
                         recv(ticks) -> _ => {}
-                        recv(stop.requested()) -> _ => return,
+                        recv(stop.requested()) -> _ => return write_ticks(&mut writer),
                     }
                 }
             })

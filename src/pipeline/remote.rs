@@ -10,26 +10,31 @@ use tokio::sync::Semaphore;
 
 use super::PixelsDone;
 use crate::frame::{Job, MaskSource, Segmented};
-use crate::remote::client::{RemoteClient, RemoteMask};
+use crate::metrics::RemoteHealth;
+use crate::remote::client::{ExchangeError, Failure, RemoteClient, RemoteMask};
+use crate::remote::proto::ErrorCode;
 
 /// The stage's body; it ends when `jobs` closes and every frame in flight is answered or given
 /// back. At most `max_in_flight` frames are out at once, so the decision stage feels
 /// back-pressure instead of frames queueing without limit. A frame keeps its pixels until it is
-/// answered (a fallback needs them).
+/// answered (a fallback needs them). Every
+/// fallback is counted in `health` (the control unit lowers its threshold on them).
 pub(super) fn remote_stage(
     mut client: RemoteClient,
     jobs: Receiver<Job>,
     answered: (Sender<Segmented>, PixelsDone),
     fallback: Sender<Job>,
     max_in_flight: usize,
+    health: Arc<RemoteHealth>,
 ) -> impl FnOnce() + Send + 'static {
     move || {
+        let fallback = Fallback { local: fallback, health };
         let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("remote-io").enable_all().build() {
             Ok(runtime) => runtime,
-            Err(e) => return give_back_all(jobs, &fallback, &format!("cannot start the async runtime: {e}")),
+            Err(e) => return fallback.all(jobs, &format!("cannot start the async runtime: {e}")),
         };
         if let Err(e) = runtime.block_on(client.connect()) {
-            return give_back_all(jobs, &fallback, &e.to_string());
+            return fallback.all(jobs, &e.to_string());
         }
         let client = Arc::new(client);
         let in_flight = Arc::new(Semaphore::new(max_in_flight));
@@ -38,7 +43,7 @@ pub(super) fn remote_stage(
             let encoded = match client.encode(&job.frame) {
                 Ok(encoded) => encoded,
                 Err(e) => {
-                    give_back(&fallback, job, e.to_string());
+                    fallback.give_back(job, e.to_string(), false);
                     continue;
                 }
             };
@@ -53,7 +58,11 @@ pub(super) fn remote_stage(
                         pixels.done(&mut segmented.frame);
                         let _ = answered.send(segmented);
                     }
-                    Err(e) => give_back(&fallback, job, e.to_string()),
+                    Err(e) => {
+                        let overloaded =
+                            matches!(&e, ExchangeError::Failed { failure: Failure::Refused { code: ErrorCode::Overloaded, .. }, .. });
+                        fallback.give_back(job, e.to_string(), overloaded)
+                    }
                 });
                 drop(permit);
             });
@@ -76,18 +85,28 @@ fn into_segmented(mut job: Job, mask: RemoteMask) -> Segmented {
     job.into_segmented(mask.class_map, source)
 }
 
-/// Hands a frame to the small network. The local path always accepts eventually, so blocking
-/// here is back-pressure, not loss.
-fn give_back(fallback: &Sender<Job>, mut job: Job, reason: String) {
-    tracing::debug!(order = job.order, %reason, "frame falls back to the small network");
-    job.fallback = Some(reason);
-    let _ = fallback.send(job);
+/// The way back to the small network, counting what takes it.
+#[derive(Clone)]
+struct Fallback {
+    local: Sender<Job>,
+    health: Arc<RemoteHealth>,
 }
 
-/// Without a runtime or endpoint nothing can go remote: every frame falls back.
-fn give_back_all(jobs: Receiver<Job>, fallback: &Sender<Job>, why: &str) {
-    tracing::error!(error = %why, "remote path unavailable; all remote frames fall back to the small network");
-    for job in jobs {
-        give_back(fallback, job, format!("remote path unavailable: {why}"));
+impl Fallback {
+    /// Hands a frame to the small network. The local path always accepts eventually, so
+    /// blocking here is back-pressure, not loss.
+    fn give_back(&self, mut job: Job, reason: String, overloaded: bool) {
+        tracing::debug!(order = job.order, %reason, "frame falls back to the small network");
+        self.health.record_fallback(overloaded);
+        job.fallback = Some(reason);
+        let _ = self.local.send(job);
+    }
+
+    /// Without a runtime or endpoint nothing can go remote: every frame falls back.
+    fn all(&self, jobs: Receiver<Job>, why: &str) {
+        tracing::error!(error = %why, "remote path unavailable; all remote frames fall back to the small network");
+        for job in jobs {
+            self.give_back(job, format!("remote path unavailable: {why}"), false);
+        }
     }
 }

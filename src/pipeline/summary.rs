@@ -5,8 +5,9 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::metrics::{Percentiles, QueueReport, RemoteHealthSnapshot};
-use crate::sink::{SinkReport, Written};
+use crate::frame::Segmented;
+use crate::metrics::{Percentiles, QueueReport, RemoteHealthSnapshot, RouteTimeline, RouteWindow};
+use crate::sink::{Observer, SinkError, SinkReport, Written};
 
 #[derive(Debug, Serialize)]
 pub struct RunSummary {
@@ -23,6 +24,8 @@ pub struct RunSummary {
     pub queues: Vec<QueueReport>,
     pub remote: Option<RemoteHealthSnapshot>,
     pub frame_memory: FrameMemory,
+    /// Where the frames went, per `output.route_window_s` of capture time.
+    pub route_windows: Vec<RouteWindow>,
     pub released_out_of_order: u64,
     pub outputs: Written,
     pub error: Option<String>,
@@ -34,6 +37,16 @@ pub struct FrameMemory {
     pub budget_bytes: u64,
     /// The most ever in flight; above the budget only when a single frame is larger than it.
     pub peak_bytes: u64,
+}
+
+/// Counts every finished frame into the run's route windows, as the outputs see it.
+pub(super) struct RouteCounter(pub(super) std::sync::Arc<RouteTimeline>);
+
+impl Observer for RouteCounter {
+    fn observe(&mut self, frame: &Segmented) -> Result<(), SinkError> {
+        self.0.record(frame.frame.captured_at, frame.source.label());
+        Ok(())
+    }
 }
 
 /// What the ingest counted.
@@ -51,6 +64,7 @@ impl RunSummary {
         wall_s: f64,
         queues: Vec<QueueReport>,
         remote: Option<RemoteHealthSnapshot>,
+        route_windows: Vec<RouteWindow>,
         error: Option<String>,
     ) -> Self {
         RunSummary {
@@ -66,6 +80,7 @@ impl RunSummary {
             queues,
             remote,
             frame_memory: intake.frame_memory,
+            route_windows,
             released_out_of_order: sink.released_out_of_order,
             outputs: sink.written,
             error,

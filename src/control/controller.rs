@@ -1,0 +1,663 @@
+//! The controller behind `remote.routing = "threshold"`: where the threshold stands, why, and
+//! which way each frame goes. Sans-IO: it is handed the pipeline's [`Signals`] (with their
+//! time) and scores, and answers with routes and, every `control.interval_ms`, a [`ControlTick`]
+//! that explains its state; so it is tested on made-up time and made-up signals.
+//!
+//! Direction: a higher threshold keeps fewer frames local. Each tick the signals vote, as an
+//! error in about -1..=1 (positive: raise):
+//! - the edge (adaptive mode): local queue above `target_local_queue`, local frames older than
+//!   `target_latency_ms`, CPU above `cpu_high`; the worst of them speaks for the edge;
+//! - the budget (budget and adaptive modes): `remote_budget` minus the share of frames sent remote;
+//! - the remote: round trip above `rtt_high` of the deadline, fallbacks above
+//!   `max_fallback_rate` of the frames sent, frames queueing for the remote path.
+//!
+//! The budget and remote votes are limits, so the lowest vote wins over the edge's (a selector,
+//! as in override control): the edge raises the threshold only as far as the remote can take.
+//! The chosen error drives a [`PiLoop`] within [`threshold_min`, `threshold_max`]. While
+//! discharging, the battery table sets a floor under the result. The [`Breaker`] can shut the
+//! remote path whatever the threshold says; meanwhile the loop holds still.
+//!
+//! [`threshold_min`]: crate::config::ControlConfig::threshold_min
+//! [`threshold_max`]: crate::config::ControlConfig::threshold_max
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::breaker::{Breaker, BreakerSettings, BreakerState, Permit};
+use super::pi::{Limit, PiLoop, PiSettings};
+use super::system::Battery;
+use super::Signals;
+use crate::config::{BatteryStep, ControlConfig, ControlMode};
+use crate::frame::Route;
+use crate::metrics::RemoteHealthSnapshot;
+
+/// Queues in front of the small network: their depth is the edge's backlog.
+pub const LOCAL_QUEUES: [&str; 2] = ["local", "prepared"];
+/// The queue the decision stage feeds the remote path through.
+pub const REMOTE_QUEUE: &str = "remote";
+/// The queue a full local path makes the decision stage wait on.
+const LOCAL_ENTRY_QUEUE: &str = "local";
+
+/// How quickly the measured remote share and fallback rate follow the frames: roughly the
+/// last two seconds count, whatever the frame rate.
+const SHARE_TIME_CONSTANT: Duration = Duration::from_secs(2);
+
+/// Errors within this of zero hold the threshold where it is, as far as the explanation goes.
+const HOLD_BAND: f32 = 0.02;
+
+/// The remote path's health at a tick.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RemoteSignals {
+    /// Frames waiting for the remote path, averaged over the tick.
+    pub queue: f32,
+    pub rtt_ms: f64,
+    pub in_flight: usize,
+    pub worker_queue_ms: f64,
+    /// Fallbacks per frame sent, recent.
+    pub fallback_rate: f32,
+    pub fallbacks: u64,
+    pub overloaded: u64,
+    pub failures: u64,
+    pub connected_workers: usize,
+}
+
+/// The signals as the controller saw them at a tick.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TickSignals {
+    /// Frames waiting for the small network, averaged over the tick.
+    pub local_queue: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_latency_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub battery: Option<Battery>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<RemoteSignals>,
+}
+
+/// The controller's state at one tick: a line of `metrics.jsonl`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ControlTick {
+    #[serde(skip)]
+    pub at: Instant,
+    pub mode: ControlMode,
+    /// The threshold in force from this tick on.
+    pub threshold: f32,
+    /// The loop's output before the battery floor.
+    pub loop_output: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub battery_floor: Option<f32>,
+    /// The error that drove the loop, and its parts.
+    pub error: f32,
+    pub p: f32,
+    pub i: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<Limit>,
+    /// Which signal decided the error ("local queue", "budget", "remote fallbacks", ...).
+    pub driver: &'static str,
+    pub reason: String,
+    pub breaker: BreakerState,
+    /// Share of frames sent remote, recent.
+    pub remote_fraction: f32,
+    /// Frames decided during the tick.
+    pub frames: u32,
+    pub signals: TickSignals,
+}
+
+/// One frame's route and, when something other than the score against the threshold chose
+/// it, why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Routed {
+    pub route: Route,
+    pub note: Option<String>,
+}
+
+/// One signal's vote: positive raises the threshold.
+#[derive(Debug, Clone)]
+struct Vote {
+    driver: &'static str,
+    error: f32,
+    text: String,
+}
+
+/// What accumulates between ticks.
+#[derive(Debug, Default)]
+struct Window {
+    frames: u32,
+    remote: u32,
+    samples: u32,
+    local_backlog: f64,
+    remote_queue: f64,
+}
+
+#[derive(Debug)]
+pub struct Controller {
+    config: ControlConfig,
+    /// `remote.deadline_ms`, what "slow" is measured against.
+    deadline_ms: f64,
+    pi: PiLoop,
+    breaker: Breaker,
+    last_tick: Instant,
+    window: Window,
+    remote_fraction: f32,
+    fallback_rate: f32,
+    /// Counters at the previous tick, for rates.
+    previous_remote: Option<RemoteHealthSnapshot>,
+    threshold: f32,
+    reason: String,
+}
+
+impl Controller {
+    pub fn new(config: &ControlConfig, remote_deadline: Duration, now: Instant) -> Self {
+        let pi = PiLoop::new(
+            PiSettings {
+                kp: config.kp,
+                ki: config.ki,
+                min: config.threshold_min,
+                max: config.threshold_max,
+                max_rate: config.max_rate,
+            },
+            config.threshold,
+            now,
+        );
+        let breaker = Breaker::new(BreakerSettings {
+            failures: config.breaker_failures.get() as u64,
+            cooldown: config.breaker_cooldown_ms.get(),
+        });
+        Controller {
+            config: config.clone(),
+            deadline_ms: remote_deadline.as_secs_f64() * 1000.0,
+            pi,
+            breaker,
+            last_tick: now,
+            window: Window::default(),
+            remote_fraction: 0.0,
+            fallback_rate: 0.0,
+            previous_remote: None,
+            threshold: config.threshold,
+            reason: format!("{} threshold {:.2} (start)", mode_name(config.mode), config.threshold),
+        }
+    }
+
+    pub fn threshold(&self) -> f32 {
+        self.threshold
+    }
+
+    /// Why the threshold is where it is.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
+    /// Takes in the signals sampled for a frame; every `control.interval_ms` it moves the
+    /// threshold and returns the tick that explains it.
+    pub fn observe(&mut self, signals: &Signals) -> Option<ControlTick> {
+        let w = &mut self.window;
+        w.samples += 1;
+        w.local_backlog += signals.depth(&LOCAL_QUEUES) as f64;
+        w.remote_queue += signals.depth(&[REMOTE_QUEUE]) as f64;
+        (signals.at.saturating_duration_since(self.last_tick) >= self.config.interval_ms.get()).then(|| self.tick(signals))
+    }
+
+    /// Where a frame with `score` goes, given the signals sampled for it.
+    pub fn route(&mut self, score: f32, signals: &Signals) -> Routed {
+        let permit = match &signals.remote {
+            Some(remote) => self.breaker.permit(signals.at, remote),
+            None => Permit::Denied("no remote path".to_string()),
+        };
+        let routed = match permit {
+            Permit::Denied(why) => Routed { route: Route::Local, note: Some(why) },
+            Permit::Probe => Routed { route: Route::Remote, note: Some("breaker half-open: probe".to_string()) },
+            Permit::Allowed => self.route_allowed(score, signals),
+        };
+        self.window.frames += 1;
+        self.window.remote += u32::from(routed.route == Route::Remote);
+        routed
+    }
+
+    fn route_allowed(&self, score: f32, signals: &Signals) -> Routed {
+        let full = |name: &str| signals.queue(name).is_some_and(|q| q.depth >= q.capacity);
+        if score > self.threshold {
+            let spill = self.config.mode == ControlMode::Adaptive
+                && self.config.spill
+                && full(LOCAL_ENTRY_QUEUE)
+                && !full(REMOTE_QUEUE)
+                && self.remote_fraction < self.config.remote_budget;
+            return if spill {
+                Routed { route: Route::Remote, note: Some("local queue full: spilled to remote".to_string()) }
+            } else {
+                Routed { route: Route::Local, note: None }
+            };
+        }
+        if full(REMOTE_QUEUE) {
+            return Routed { route: Route::Local, note: Some("remote queue full".to_string()) };
+        }
+        Routed { route: Route::Remote, note: None }
+    }
+
+    fn tick(&mut self, signals: &Signals) -> ControlTick {
+        let now = signals.at;
+        let dt = now.saturating_duration_since(self.last_tick);
+        self.last_tick = now;
+        let window = std::mem::take(&mut self.window);
+        let mean = |sum: f64| (sum / f64::from(window.samples.max(1))) as f32;
+        let (local_queue, remote_queue) = (mean(window.local_backlog), mean(window.remote_queue));
+        let follow = 1.0 - (-dt.as_secs_f32() / SHARE_TIME_CONSTANT.as_secs_f32()).exp();
+        if window.frames > 0 {
+            let share = window.remote as f32 / window.frames as f32;
+            self.remote_fraction += follow * (share - self.remote_fraction);
+        }
+        let remote = signals.remote.as_ref().map(|now| self.remote_signals(now, remote_queue, follow));
+        let tick_signals =
+            TickSignals { local_queue, local_latency_ms: signals.local_latency_ms, cpu: signals.cpu, battery: signals.battery, remote };
+
+        let (vote, step) = match self.config.mode {
+            ControlMode::Fixed => {
+                let vote = Vote { driver: "fixed", error: 0.0, text: format!("fixed threshold {:.2}", self.config.threshold) };
+                (vote, None)
+            }
+            _ if self.breaker.state() != BreakerState::Closed => {
+                self.pi.hold(now);
+                let vote = Vote { driver: "breaker", error: 0.0, text: "remote path shut by the breaker: holding".to_string() };
+                (vote, None)
+            }
+            mode => {
+                let vote = self.vote(mode, &tick_signals);
+                let step = self.pi.update(now, vote.error);
+                (vote, Some(step))
+            }
+        };
+        let loop_output = step.map_or(self.threshold_before_floor(), |s| s.output);
+        let battery_floor = signals.battery.and_then(|b| battery_floor(&self.config.battery, b));
+        self.threshold = battery_floor.map_or(loop_output, |floor| loop_output.max(floor));
+        self.reason = match (battery_floor, signals.battery) {
+            (Some(floor), Some(b)) if floor > loop_output => {
+                format!("battery {} % and discharging: threshold at least {floor:.2}", b.level)
+            }
+            _ => explain(&vote, step.and_then(|s| s.limit)),
+        };
+        ControlTick {
+            at: now,
+            mode: self.config.mode,
+            threshold: self.threshold,
+            loop_output,
+            battery_floor,
+            error: vote.error,
+            p: step.map_or(0.0, |s| s.p),
+            i: step.map_or(loop_output, |s| s.i),
+            limit: step.and_then(|s| s.limit),
+            driver: vote.driver,
+            reason: self.reason.clone(),
+            breaker: self.breaker.state(),
+            remote_fraction: self.remote_fraction,
+            frames: window.frames,
+            signals: tick_signals,
+        }
+    }
+
+    fn threshold_before_floor(&self) -> f32 {
+        match self.config.mode {
+            ControlMode::Fixed => self.config.threshold,
+            _ => self.pi.output(),
+        }
+    }
+
+    fn remote_signals(&mut self, now: &RemoteHealthSnapshot, queue: f32, follow: f32) -> RemoteSignals {
+        if let Some(before) = &self.previous_remote {
+            let sent = now.sent.saturating_sub(before.sent);
+            let fallbacks = now.fallbacks.saturating_sub(before.fallbacks);
+            if sent > 0 || fallbacks > 0 {
+                let rate = fallbacks as f32 / sent.max(fallbacks) as f32;
+                self.fallback_rate += follow * (rate - self.fallback_rate);
+            }
+        }
+        self.previous_remote = Some(now.clone());
+        RemoteSignals {
+            queue,
+            rtt_ms: now.rtt_ms,
+            in_flight: now.in_flight,
+            worker_queue_ms: now.worker_queue_ms,
+            fallback_rate: self.fallback_rate,
+            fallbacks: now.fallbacks,
+            overloaded: now.overloaded,
+            failures: now.failures,
+            connected_workers: now.connected_workers,
+        }
+    }
+
+    /// The error of a tick in budget or adaptive mode: the edge's worst vote, limited by the
+    /// budget and by the remote's health.
+    fn vote(&self, mode: ControlMode, s: &TickSignals) -> Vote {
+        let c = &self.config;
+        let mut limits = Vec::new();
+        // A budget of 1 is no budget: it would only slow the rise near the top.
+        if c.remote_budget < 1.0 || mode == ControlMode::Budget {
+            limits.push(Vote {
+                driver: "budget",
+                error: c.remote_budget - self.remote_fraction,
+                text: format!("remote share {:.2} against budget {:.2}", self.remote_fraction, c.remote_budget),
+            });
+        }
+        if let Some(r) = &s.remote {
+            if r.rtt_ms > 0.0 {
+                let slow_ms = c.rtt_high as f64 * self.deadline_ms;
+                limits.push(Vote {
+                    driver: "remote rtt",
+                    // Healthy (+1) up to three quarters of "slow", -1 at a quarter above it.
+                    error: unit((slow_ms - r.rtt_ms) / (0.25 * slow_ms)),
+                    text: format!("remote round trip {:.0} ms against {slow_ms:.0} ms", r.rtt_ms),
+                });
+            }
+            limits.push(Vote {
+                driver: "remote fallbacks",
+                error: unit(f64::from((c.max_fallback_rate - r.fallback_rate) / c.max_fallback_rate)),
+                text: format!(
+                    "{:.0} % of remote frames fell back ({} overloaded so far), against {:.0} %",
+                    r.fallback_rate * 100.0,
+                    r.overloaded,
+                    c.max_fallback_rate * 100.0
+                ),
+            });
+            limits.push(Vote {
+                driver: "remote queue",
+                error: unit(f64::from((c.target_local_queue - r.queue) / c.target_local_queue)),
+                text: format!("{:.1} frames waiting for the remote path, target {:.1}", r.queue, c.target_local_queue),
+            });
+        }
+        if mode == ControlMode::Budget {
+            return lowest(limits);
+        }
+        let mut edge = vec![Vote {
+            driver: "local queue",
+            error: unit(f64::from((s.local_queue - c.target_local_queue) / c.target_local_queue)),
+            text: format!("local queue {:.1} against target {:.1}", s.local_queue, c.target_local_queue),
+        }];
+        let target_ms = c.target_latency_ms.units() as f64;
+        if let (true, Some(latency)) = (target_ms > 0.0, s.local_latency_ms) {
+            edge.push(Vote {
+                driver: "local latency",
+                error: unit((latency - target_ms) / target_ms),
+                text: format!("local frames ready after {latency:.0} ms against target {target_ms:.0} ms"),
+            });
+        }
+        if let (true, Some(cpu)) = (c.cpu_weight > 0.0, s.cpu) {
+            edge.push(Vote {
+                driver: "cpu",
+                error: c.cpu_weight * unit(f64::from((cpu - c.cpu_high) / (1.0 - c.cpu_high))),
+                text: format!("CPU {:.0} % against {:.0} %", cpu * 100.0, c.cpu_high * 100.0),
+            });
+        }
+        let edge = edge.into_iter().max_by(|a, b| a.error.total_cmp(&b.error)).expect("the local queue always votes");
+        limits.insert(0, edge);
+        lowest(limits)
+    }
+}
+
+/// The most restrictive vote; with equal errors the first (the edge's, when all are healthy).
+fn lowest(votes: Vec<Vote>) -> Vote {
+    votes.into_iter().reduce(|low, v| if v.error < low.error { v } else { low }).expect("at least one vote")
+}
+
+fn unit(x: f64) -> f32 {
+    x.clamp(-1.0, 1.0) as f32
+}
+
+fn mode_name(mode: ControlMode) -> &'static str {
+    match mode {
+        ControlMode::Fixed => "fixed",
+        ControlMode::Budget => "budget",
+        ControlMode::Adaptive => "adaptive",
+    }
+}
+
+fn explain(vote: &Vote, limit: Option<Limit>) -> String {
+    let direction = match limit {
+        Some(Limit::Max) => "at threshold_max",
+        Some(Limit::Min) => "at threshold_min",
+        _ if vote.error > HOLD_BAND => "raising",
+        _ if vote.error < -HOLD_BAND => "lowering",
+        _ => "holding",
+    };
+    if vote.driver == "fixed" || vote.driver == "breaker" {
+        return vote.text.clone();
+    }
+    format!("{}: {direction}", vote.text)
+}
+
+/// The battery policy: the highest `min_threshold` among the steps at or above the battery's
+/// level, while it discharges; `None` on mains or above every step.
+pub fn battery_floor(table: &[BatteryStep], battery: Battery) -> Option<f32> {
+    if battery.on_mains {
+        return None;
+    }
+    table.iter().filter(|step| battery.level <= step.level).map(|step| step.min_threshold).max_by(f32::total_cmp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::QueueSample;
+
+    const TICK: Duration = Duration::from_millis(200);
+
+    fn config(mode: ControlMode) -> ControlConfig {
+        ControlConfig { mode, threshold: 0.3, threshold_min: 0.05, threshold_max: 0.95, cpu_weight: 0.0, ..ControlConfig::default() }
+    }
+
+    /// A pipeline with `local` frames waiting for the small network (of 4 per queue) and a
+    /// healthy remote path that answered everything so far.
+    struct Scene {
+        at: Instant,
+        local: usize,
+        remote_queue: usize,
+        remote: RemoteHealthSnapshot,
+        battery: Option<Battery>,
+        cpu: Option<f32>,
+    }
+
+    impl Scene {
+        fn new() -> Self {
+            let remote = RemoteHealthSnapshot { connected_workers: 1, rtt_ms: 40.0, ..RemoteHealthSnapshot::default() };
+            Scene { at: Instant::now(), local: 0, remote_queue: 0, remote, battery: None, cpu: None }
+        }
+
+        fn signals(&self) -> Signals {
+            let q = |name, depth| QueueSample { name, depth, capacity: 4 };
+            Signals {
+                at: self.at,
+                queues: vec![q("local", self.local.saturating_sub(4).min(4)), q("prepared", self.local.min(4)), q("remote", self.remote_queue)],
+                local_latency_ms: None,
+                cpu: self.cpu,
+                battery: self.battery,
+                remote: Some(self.remote.clone()),
+            }
+        }
+
+        /// Decides `frames` frames over one tick (uniform scores), counting every remote frame
+        /// as sent and answered, `fallback_share` of them falling back instead; returns the tick.
+        fn run_tick(&mut self, c: &mut Controller, frames: u32, fallback_share: f32) -> Option<ControlTick> {
+            let mut tick = None;
+            for n in 0..frames {
+                self.at += TICK / frames;
+                let signals = self.signals();
+                tick = tick.or(c.observe(&signals));
+                let score = super::super::UniformScore::of(u64::from(n) + self.remote.sent * 7919);
+                if c.route(score, &signals).route == Route::Remote {
+                    self.remote.sent += 1;
+                    if UniformScoreLike::next(self.remote.sent) < fallback_share {
+                        self.remote.fallbacks += 1;
+                        self.remote.failures += 1;
+                    } else {
+                        self.remote.answered += 1;
+                    }
+                }
+            }
+            tick
+        }
+    }
+
+    /// A second, independent stream of uniform values, for which remote frames fall back.
+    struct UniformScoreLike;
+    impl UniformScoreLike {
+        fn next(n: u64) -> f32 {
+            super::super::UniformScore::of(n ^ 0xdead_beef)
+        }
+    }
+
+    fn run(scene: &mut Scene, c: &mut Controller, ticks: usize, fallback_share: f32) -> Vec<ControlTick> {
+        (0..ticks).filter_map(|_| scene.run_tick(c, 10, fallback_share)).collect()
+    }
+
+    #[test]
+    fn fixed_mode_keeps_the_threshold_and_says_so() {
+        let mut scene = Scene::new();
+        let mut c = Controller::new(&config(ControlMode::Fixed), Duration::from_millis(500), scene.at);
+        scene.local = 8;
+        let ticks = run(&mut scene, &mut c, 20, 0.0);
+        assert!(ticks.iter().all(|t| t.threshold == 0.3 && t.driver == "fixed"), "{:?}", ticks.last());
+        assert_eq!(ticks.last().unwrap().reason, "fixed threshold 0.30");
+    }
+
+    #[test]
+    fn budget_mode_holds_the_remote_share_at_the_budget() {
+        let mut scene = Scene::new();
+        let config = ControlConfig { remote_budget: 0.6, ..config(ControlMode::Budget) };
+        let mut c = Controller::new(&config, Duration::from_millis(500), scene.at);
+        let ticks = run(&mut scene, &mut c, 300, 0.0);
+        let last = ticks.last().unwrap();
+        assert!((last.remote_fraction - 0.6).abs() < 0.08, "{last:?}");
+        assert!((last.threshold - 0.6).abs() < 0.1, "the uniform score's threshold is its remote share: {last:?}");
+        assert_eq!(last.driver, "budget");
+    }
+
+    #[test]
+    fn adaptive_mode_raises_the_threshold_while_the_edge_is_behind_and_lowers_it_when_idle() {
+        let mut scene = Scene::new();
+        let mut c = Controller::new(&config(ControlMode::Adaptive), Duration::from_millis(500), scene.at);
+        scene.local = 8;
+        let behind = run(&mut scene, &mut c, 25, 0.0);
+        assert!(behind.windows(2).all(|w| w[1].threshold >= w[0].threshold), "rises while behind");
+        let top = behind.last().unwrap();
+        assert!(top.threshold > 0.9, "{top:?}");
+        assert_eq!(top.driver, "local queue");
+        assert!(top.reason.starts_with("local queue 8.0 against target 2.0"), "{}", top.reason);
+        scene.local = 0;
+        let idle = run(&mut scene, &mut c, 25, 0.0);
+        let bottom = idle.last().unwrap();
+        assert!(bottom.threshold < 0.1, "{bottom:?}");
+        assert!(bottom.reason.contains("at threshold_min"), "{}", bottom.reason);
+    }
+
+    #[test]
+    fn adaptive_mode_settles_where_the_local_queue_is_at_its_target() {
+        // The small network keeps up with 40 % of the frames: the queue grows when more stay
+        // local and drains when fewer do.
+        let mut scene = Scene::new();
+        let mut c = Controller::new(&config(ControlMode::Adaptive), Duration::from_millis(500), scene.at);
+        let mut backlog = 0.0f32;
+        let mut thresholds = Vec::new();
+        for _ in 0..600 {
+            let local_share = 1.0 - c.threshold();
+            backlog = (backlog + (local_share - 0.4) * 10.0).clamp(0.0, 8.0);
+            scene.local = backlog.round() as usize;
+            if let Some(tick) = scene.run_tick(&mut c, 10, 0.0) {
+                thresholds.push(tick.threshold);
+            }
+        }
+        let late = &thresholds[thresholds.len() - 100..];
+        let mean = late.iter().sum::<f32>() / late.len() as f32;
+        assert!((mean - 0.6).abs() < 0.1, "settles near 60 % remote: {mean}");
+    }
+
+    #[test]
+    fn a_failing_or_slow_remote_lowers_the_threshold_even_when_the_edge_is_behind() {
+        let mut scene = Scene::new();
+        let config = ControlConfig { threshold: 0.8, ..config(ControlMode::Adaptive) };
+        let mut c = Controller::new(&config, Duration::from_millis(500), scene.at);
+        scene.local = 8;
+        let ticks = run(&mut scene, &mut c, 40, 0.5);
+        let last = ticks.last().unwrap();
+        assert_eq!(last.driver, "remote fallbacks", "{last:?}");
+        assert!(last.threshold < 0.2, "{last:?}");
+        assert!(last.reason.contains("fell back"), "{}", last.reason);
+
+        let mut scene = Scene::new();
+        let mut c = Controller::new(&config, Duration::from_millis(500), scene.at);
+        scene.local = 8;
+        scene.remote.rtt_ms = 480.0;
+        let last = run(&mut scene, &mut c, 40, 0.0).pop().unwrap();
+        assert_eq!(last.driver, "remote rtt", "{last:?}");
+        assert!(last.threshold < 0.2, "{last:?}");
+    }
+
+    #[test]
+    fn a_saturated_cpu_raises_the_threshold_when_it_has_weight() {
+        let mut scene = Scene::new();
+        scene.cpu = Some(1.0);
+        let config = ControlConfig { cpu_weight: 0.5, target_local_queue: 2.0, ..config(ControlMode::Adaptive) };
+        let mut c = Controller::new(&config, Duration::from_millis(500), scene.at);
+        scene.local = 2;
+        let last = run(&mut scene, &mut c, 20, 0.0).pop().unwrap();
+        assert_eq!(last.driver, "cpu");
+        assert!(last.threshold > 0.8, "{last:?}");
+        assert!(last.reason.starts_with("CPU 100 % against 90 %: raising"), "{}", last.reason);
+    }
+
+    #[test]
+    fn battery_table_sets_a_floor_while_discharging_only() {
+        let table = [BatteryStep { level: 30, min_threshold: 0.6 }, BatteryStep { level: 15, min_threshold: 0.9 }];
+        let at = |level, on_mains| battery_floor(&table, Battery { level, on_mains });
+        assert_eq!(at(80, false), None);
+        assert_eq!(at(30, false), Some(0.6));
+        assert_eq!(at(15, false), Some(0.9));
+        assert_eq!(at(3, false), Some(0.9));
+        assert_eq!(at(3, true), None, "charging");
+
+        let mut scene = Scene::new();
+        let mut c = Controller::new(&config(ControlMode::Fixed), Duration::from_millis(500), scene.at);
+        scene.battery = Some(Battery { level: 15, on_mains: false });
+        let low = run(&mut scene, &mut c, 3, 0.0).pop().unwrap();
+        assert_eq!((low.threshold, low.loop_output, low.battery_floor), (0.9, 0.3, Some(0.9)));
+        assert_eq!(low.reason, "battery 15 % and discharging: threshold at least 0.90");
+        scene.battery = Some(Battery { level: 15, on_mains: true });
+        let charging = run(&mut scene, &mut c, 3, 0.0).pop().unwrap();
+        assert_eq!(charging.threshold, 0.3);
+    }
+
+    #[test]
+    fn an_open_breaker_keeps_every_frame_local_and_the_loop_holds() {
+        let mut scene = Scene::new();
+        let mut c = Controller::new(&config(ControlMode::Adaptive), Duration::from_millis(500), scene.at);
+        scene.local = 8;
+        run(&mut scene, &mut c, 5, 0.0);
+        let before = c.threshold();
+        scene.remote.consecutive_failures = 5;
+        scene.remote.connected_workers = 0;
+        let signals = scene.signals();
+        let routed = c.route(0.0, &signals);
+        assert_eq!(routed.route, Route::Local, "a score of 0 would go remote");
+        assert!(routed.note.as_deref().is_some_and(|n| n.starts_with("breaker open")), "{routed:?}");
+        let ticks = run(&mut scene, &mut c, 5, 0.0);
+        assert!(ticks.iter().all(|t| t.breaker == BreakerState::Open && t.threshold == before), "{:?}", ticks.last());
+        assert_eq!(ticks.last().unwrap().frames, 10);
+    }
+
+    #[test]
+    fn spill_sends_a_frame_remote_instead_of_waiting_on_a_full_local_queue() {
+        let mut scene = Scene::new();
+        let mut c = Controller::new(&config(ControlMode::Adaptive), Duration::from_millis(500), scene.at);
+        scene.local = 8;
+        let signals = scene.signals();
+        assert_eq!(c.route(0.99, &signals).note.as_deref(), Some("local queue full: spilled to remote"));
+        let mut fixed = Controller::new(&config(ControlMode::Fixed), Duration::from_millis(500), scene.at);
+        assert_eq!(fixed.route(0.99, &signals), Routed { route: Route::Local, note: None }, "only the adaptive mode spills");
+        scene.local = 0;
+        scene.remote_queue = 4;
+        assert_eq!(c.route(0.01, &scene.signals()).note.as_deref(), Some("remote queue full"));
+    }
+}
