@@ -912,9 +912,9 @@ impl EdgeConfig {
 
 impl DecisionConfig {
     fn validate(&self, c: &mut Checker) {
-        let train = "train one with `edgeseg dn train --config config/dn.toml` (scripts/demo trains one on its video)";
+        let train = "train one with `edgeseg dn train --config config/dn.toml`; scripts/demo trains one on its video";
         c.file("decision.network", &self.network, train);
-        let split = "scripts/split_small.py makes it (make setup runs it)";
+        let split = "scripts/fixtures makes it with scripts/split_small.py when the real small network is there";
         c.file("decision.encoder", &self.encoder, split);
         c.file("decision.head", &self.head, split);
         if let Some(presence) = self.presence {
