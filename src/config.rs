@@ -225,6 +225,55 @@ pub enum ScoreChoice {
     Uniform,
     /// `control.constant_score` for every frame.
     Constant,
+    /// The decision network of `[decision]`: its prediction for the frame under `decision.rule`.
+    DecisionNetwork,
+}
+
+/// How a decision network's prediction becomes one score (`decision.rule`); `eval routing`
+/// evaluates all three.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Rule {
+    /// The thesis: the largest predicted class IoU (local if at least one class clears the threshold).
+    Thesis,
+    /// The predicted IoU_img: mean predicted IoU over the classes predicted present.
+    #[default]
+    PredictedIouImg,
+    /// The predicted gain of the large network, IoU_img(large) − IoU_img(small): the frames it
+    /// helps most go remote.
+    Gain,
+}
+
+/// `[decision]` of the edge: the decision network that `control.score = "decision-network"`
+/// reads, and the small network split at its encoder so that a local frame reuses the
+/// features the decision computed.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DecisionConfig {
+    /// `dn.toml` written by `edgeseg dn train` (its weights file lies beside it).
+    pub network: PathBuf,
+    /// The small network's encoder and head (`scripts/split_small.py`).
+    pub encoder: PathBuf,
+    pub head: PathBuf,
+    pub rule: Rule,
+    /// Presence probability from which a class counts in the predicted IoU_img; unset: the
+    /// value the network was trained with.
+    pub presence: Option<f32>,
+    /// ONNX Runtime threads of the encoder (it runs on the decision stage's thread).
+    pub intra_threads: Count<64>,
+}
+
+impl Default for DecisionConfig {
+    fn default() -> Self {
+        DecisionConfig {
+            network: PathBuf::new(),
+            encoder: PathBuf::from("../models/derived/small_encoder.onnx"),
+            head: PathBuf::from("../models/derived/small_head.onnx"),
+            rule: Rule::default(),
+            presence: None,
+            intra_threads: Count::literal(1),
+        }
+    }
 }
 
 /// One row of the battery policy: at or below `level` percent, while discharging, the
@@ -550,6 +599,7 @@ pub struct EdgeConfig {
     pub health: EdgeHealthConfig,
     pub metrics: MetricsConfig,
     pub control: ControlConfig,
+    pub decision: DecisionConfig,
 }
 
 /// `[batching]` of the worker.
@@ -813,6 +863,9 @@ impl EdgeConfig {
             resolve_tls(base, t);
         }
         resolve(base, &mut self.control.power_supply_dir);
+        for p in [&mut self.decision.network, &mut self.decision.encoder, &mut self.decision.head] {
+            resolve(base, p);
+        }
     }
 
     fn validate(&self, c: &mut Checker) {
@@ -851,6 +904,22 @@ impl EdgeConfig {
         let window = self.output.route_window_s.units();
         c.check((1..=3600).contains(&window), "output.route_window_s", window, "is outside 1..=3600");
         self.control.validate(c);
+        if self.control.score == ScoreChoice::DecisionNetwork {
+            self.decision.validate(c);
+        }
+    }
+}
+
+impl DecisionConfig {
+    fn validate(&self, c: &mut Checker) {
+        let train = "train one with `edgeseg dn train --config config/dn.toml`; scripts/demo trains one on its video";
+        c.file("decision.network", &self.network, train);
+        let split = "scripts/fixtures makes it with scripts/split_small.py when the real small network is there";
+        c.file("decision.encoder", &self.encoder, split);
+        c.file("decision.head", &self.head, split);
+        if let Some(presence) = self.presence {
+            c.check((0.0..=1.0).contains(&presence), "decision.presence", presence, "is outside 0..=1");
+        }
     }
 }
 
@@ -880,7 +949,12 @@ impl ControlConfig {
         for (key, value) in [("control.kp", self.kp), ("control.ki", self.ki)] {
             c.check(value.is_finite() && (0.0..=100.0).contains(&value), key, value, "is outside 0..=100");
         }
-        c.check(self.max_rate > 0.0 && self.max_rate <= 100.0, "control.max_rate", self.max_rate, "is outside (0, 100] (threshold per second)");
+        c.check(
+            self.max_rate > 0.0 && self.max_rate <= 100.0,
+            "control.max_rate",
+            self.max_rate,
+            "is outside (0, 100] (threshold per second)",
+        );
         c.check(
             self.target_local_queue > 0.0 && self.target_local_queue <= 1024.0,
             "control.target_local_queue",
@@ -888,12 +962,22 @@ impl ControlConfig {
             "is outside (0, 1024] (frames)",
         );
         c.check(self.cpu_high > 0.0 && self.cpu_high < 1.0, "control.cpu_high", self.cpu_high, "is outside (0, 1)");
-        c.check(self.rtt_high > 0.0 && self.rtt_high <= 1.0, "control.rtt_high", self.rtt_high, "is outside (0, 1] (share of remote.deadline_ms)");
+        c.check(
+            self.rtt_high > 0.0 && self.rtt_high <= 1.0,
+            "control.rtt_high",
+            self.rtt_high,
+            "is outside (0, 1] (share of remote.deadline_ms)",
+        );
         c.check(self.max_fallback_rate > 0.0, "control.max_fallback_rate", self.max_fallback_rate, "must be above 0");
         c.check(self.breaker_cooldown_ms.units() >= 1, "control.breaker_cooldown_ms", self.breaker_cooldown_ms, "must be at least 1");
         for (i, step) in self.battery.iter().enumerate() {
             c.check(step.level <= 100, &format!("control.battery[{i}].level"), step.level, "is outside 0..=100 (percent)");
-            c.check(unit.contains(&step.min_threshold), &format!("control.battery[{i}].min_threshold"), step.min_threshold, "is outside 0..=1");
+            c.check(
+                unit.contains(&step.min_threshold),
+                &format!("control.battery[{i}].min_threshold"),
+                step.min_threshold,
+                "is outside 0..=1",
+            );
         }
     }
 }

@@ -44,9 +44,12 @@ pub enum Route {
 pub struct Prediction {
     /// Predicted IoU of the small network's mask with the truth, per class.
     pub class_iou: Vec<f32>,
-    /// Predicted IoU of the whole image, from `class_iou` by `rule`.
+    /// Predicted IoU_img: the mean of `class_iou` over the classes predicted present.
     pub image_iou: f32,
-    /// How `image_iou` was formed from `class_iou` (e.g. "mean-present").
+    /// Predicted IoU_img(large) − IoU_img(small): what sending the frame remote would gain.
+    pub gain: f32,
+    /// The rule that made the score compared with the threshold (`thesis`,
+    /// `predicted-iou-img` or `gain`).
     pub rule: String,
 }
 

@@ -152,20 +152,12 @@ pub struct Controller {
 impl Controller {
     pub fn new(config: &ControlConfig, remote_deadline: Duration, now: Instant) -> Self {
         let pi = PiLoop::new(
-            PiSettings {
-                kp: config.kp,
-                ki: config.ki,
-                min: config.threshold_min,
-                max: config.threshold_max,
-                max_rate: config.max_rate,
-            },
+            PiSettings { kp: config.kp, ki: config.ki, min: config.threshold_min, max: config.threshold_max, max_rate: config.max_rate },
             config.threshold,
             now,
         );
-        let breaker = Breaker::new(BreakerSettings {
-            failures: config.breaker_failures.get() as u64,
-            cooldown: config.breaker_cooldown_ms.get(),
-        });
+        let breaker =
+            Breaker::new(BreakerSettings { failures: config.breaker_failures.get() as u64, cooldown: config.breaker_cooldown_ms.get() });
         Controller {
             config: config.clone(),
             deadline_ms: remote_deadline.as_secs_f64() * 1000.0,
@@ -470,7 +462,11 @@ mod tests {
             let q = |name, depth| QueueSample { name, depth, capacity: 4 };
             Signals {
                 at: self.at,
-                queues: vec![q("local", self.local.saturating_sub(4).min(4)), q("prepared", self.local.min(4)), q("remote", self.remote_queue)],
+                queues: vec![
+                    q("local", self.local.saturating_sub(4).min(4)),
+                    q("prepared", self.local.min(4)),
+                    q("remote", self.remote_queue),
+                ],
                 local_latency_ms: None,
                 cpu: self.cpu,
                 battery: self.battery,

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use ort::session::Session;
-use ort::value::{TensorElementType, TensorRef, ValueType};
+use ort::value::{DynValue, TensorElementType, TensorRef, ValueType};
 
 use super::cache::file_sha256;
 use super::spp::{spp, SppConfig};
@@ -80,13 +80,19 @@ impl OnnxPart {
 
     /// Runs the graph on `input` of `shape`; returns the output's shape and values.
     pub fn run(&mut self, input: &[f32], shape: &[usize]) -> Result<(Vec<usize>, Vec<f32>), DecisionError> {
-        let run_err = |message: String| DecisionError::OnnxRun { path: self.path.clone(), message };
-        let tensor = TensorRef::from_array_view((shape, input)).map_err(|e| run_err(e.to_string()))?;
-        let outputs = self.session.run(ort::inputs![self.input_name.as_str() => tensor]).map_err(|e| run_err(e.to_string()))?;
-        let value = outputs.get(&self.output_name).ok_or_else(|| run_err(format!("output {:?} missing", self.output_name)))?;
-        let (out_shape, data) = value.try_extract_tensor::<f32>().map_err(|e| run_err(e.to_string()))?;
+        let value = self.run_value(input, shape)?;
+        let (out_shape, data) =
+            value.try_extract_tensor::<f32>().map_err(|e| DecisionError::OnnxRun { path: self.path.clone(), message: e.to_string() })?;
         let out_shape = out_shape.iter().map(|&d| d as usize).collect();
         Ok((out_shape, data.to_vec()))
+    }
+
+    /// [`Self::run`], leaving the output in ONNX Runtime's buffer (no copy of large outputs).
+    pub fn run_value(&mut self, input: &[f32], shape: &[usize]) -> Result<DynValue, DecisionError> {
+        let run_err = |message: String| DecisionError::OnnxRun { path: self.path.clone(), message };
+        let tensor = TensorRef::from_array_view((shape, input)).map_err(|e| run_err(e.to_string()))?;
+        let mut outputs = self.session.run(ort::inputs![self.input_name.as_str() => tensor]).map_err(|e| run_err(e.to_string()))?;
+        outputs.remove(&self.output_name).ok_or_else(|| run_err(format!("output {:?} missing", self.output_name)))
     }
 }
 
@@ -97,6 +103,12 @@ pub struct Features {
     pub height: usize,
     pub width: usize,
     pub data: Vec<f32>,
+}
+
+impl From<Features> for crate::frame::Features {
+    fn from(f: Features) -> Self {
+        crate::frame::Features { shape: vec![1, f.channels, f.height, f.width], values: f.data }
+    }
 }
 
 impl Features {

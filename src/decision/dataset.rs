@@ -150,7 +150,9 @@ pub fn sample_video(pipeline: &Path, video: &Path, every: usize, max_frames: usi
     let params = BTreeMap::from([("location".to_string(), video.display().to_string())]);
     let spec = crate::ingest::PipelineSpec::from_file(pipeline, &params).map_err(ingest_err)?;
     let shutdown = Shutdown::new();
-    let ingest = crate::ingest::spawn(spec, &crate::ingest::IngestOptions { liveness: Liveness::Replay, ..Default::default() }, shutdown.clone()).map_err(ingest_err)?;
+    let ingest =
+        crate::ingest::spawn(spec, &crate::ingest::IngestOptions { liveness: Liveness::Replay, ..Default::default() }, shutdown.clone())
+            .map_err(ingest_err)?;
     let mut kept = Vec::new();
     for (index, frame) in ingest.frames.iter().enumerate() {
         if index % every.max(1) == 0 {

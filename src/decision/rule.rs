@@ -12,17 +12,9 @@
 //! with threshold `t` sends remote exactly the frames whose score exceeds its cut. `eval routing`
 //! sweeps thresholds, and orders frames, by that score.
 
-use serde::{Deserialize, Serialize};
-
 use super::net::Prediction;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Rule {
-    Thesis,
-    PredictedIouImg,
-    Gain,
-}
+/// Defined with the edge's configuration (`decision.rule`), which sits below every module.
+pub use crate::config::Rule;
 
 /// Default `presence`: a class counts as predicted present from a probability of 0.5.
 pub const DEFAULT_PRESENCE: f32 = 0.5;

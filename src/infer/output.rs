@@ -45,6 +45,17 @@ impl NetworkOutput {
         Ok(NetworkOutput { value, kind, batch, classes, height, width })
     }
 
+    /// Logits `[N, classes, H, W]` computed outside a [`super::Model`] (the small network's
+    /// head run on features the decision stage computed).
+    pub fn from_logits(value: DynValue, classes: usize) -> Result<Self, InferError> {
+        let bad = |message: String| InferError::Image { step: "postprocess", message };
+        let batch = match value.try_extract_tensor::<f32>().map_err(|e| bad(e.to_string()))?.0[..] {
+            [n, ..] => n.max(0) as usize,
+            [] => return Err(bad("logits without dimensions".into())),
+        };
+        NetworkOutput::new(value, OutputKind::Logits, batch, classes).map_err(bad)
+    }
+
     pub fn batch(&self) -> usize {
         self.batch
     }

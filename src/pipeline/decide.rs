@@ -11,25 +11,40 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::PipelineError;
 use crate::config::{EdgeConfig, Routing, ScoreChoice};
-use crate::control::system::{read_battery, allowed_cpus, CpuSampler};
-use crate::control::{Battery, ConstantScore, ControlTick, Controller, Decide, RoutingPolicy, Score, Signals, ThresholdPolicy, UniformScore};
+use crate::control::system::{allowed_cpus, read_battery, CpuSampler};
+use crate::control::{
+    Battery, ConstantScore, ControlTick, Controller, Decide, RoutingPolicy, Score, Signals, ThresholdPolicy, UniformScore,
+};
+use crate::decision::DecisionScore;
 use crate::frame::{Frame, Job, Route};
 use crate::metrics::{LatencyGauge, QueueDepths, RemoteHealth};
 
-/// The policy `remote.routing` names; the threshold policy sends its controller's ticks to `ticks`.
-pub(super) fn policy(config: &EdgeConfig, ticks: Option<Sender<ControlTick>>) -> Result<Box<dyn Decide>, PipelineError> {
+/// The policy `remote.routing` names; the threshold policy sends its controller's ticks to
+/// `ticks`. `decision_network` is loaded when `control.score` names it.
+pub(super) fn policy(
+    config: &EdgeConfig,
+    decision_network: Option<DecisionScore>,
+    ticks: Option<Sender<ControlTick>>,
+) -> Result<Box<dyn Decide>, PipelineError> {
     if config.remote.routing != Routing::Threshold {
         return Ok(Box::new(RoutingPolicy::new(&config.remote)));
     }
     let controller = Controller::new(&config.control, config.remote.deadline_ms.get(), Instant::now());
-    Ok(Box::new(ThresholdPolicy::new(score(config)?, controller, ticks)))
+    Ok(Box::new(ThresholdPolicy::new(score(config, decision_network)?, controller, ticks)))
 }
 
 /// The per-frame score `control.score` names.
-fn score(config: &EdgeConfig) -> Result<Box<dyn Score>, PipelineError> {
-    Ok(match config.control.score {
-        ScoreChoice::Uniform => Box::new(UniformScore),
-        ScoreChoice::Constant => Box::new(ConstantScore(config.control.constant_score)),
+fn score(config: &EdgeConfig, decision_network: Option<DecisionScore>) -> Result<Box<dyn Score>, PipelineError> {
+    Ok(match (config.control.score, decision_network) {
+        (ScoreChoice::Uniform, _) => Box::new(UniformScore),
+        (ScoreChoice::Constant, _) => Box::new(ConstantScore(config.control.constant_score)),
+        (ScoreChoice::DecisionNetwork, Some(network)) => Box::new(network),
+        (ScoreChoice::DecisionNetwork, None) => {
+            return Err(PipelineError::Decision(Box::new(crate::decision::DecisionError::Invalid {
+                what: "control.score",
+                problem: "\"decision-network\" but no decision network was loaded (set decision.network)".into(),
+            })))
+        }
     })
 }
 
@@ -94,7 +109,9 @@ pub(super) fn decision_stage(
     move || {
         for (order, frame) in (0u64..).zip(frames) {
             let mut job = Job::new(order, frame);
+            let deciding = Instant::now();
             let decision = policy.decide(&job, &signals.sample());
+            job.latency_ms.insert("decision", deciding.elapsed().as_secs_f64() * 1000.0);
             let sent = match (job.decide(decision), &remote) {
                 (Route::Remote, Some(tx)) => tx.send(job).is_ok(),
                 _ => local.send(job).is_ok(),

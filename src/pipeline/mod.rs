@@ -32,7 +32,8 @@ use std::time::Instant;
 
 use crossbeam_channel::bounded;
 
-use crate::config::{EdgeConfig, Routing};
+use crate::config::{EdgeConfig, Routing, ScoreChoice};
+use crate::decision::{check_split, DecisionScore, SmallHead};
 use crate::frame::{Frame, Job, Segmented};
 use crate::infer::{InferError, Model};
 use crate::ingest::{FrameBudget, IngestError, IngestOptions, PipelineSpec};
@@ -60,8 +61,28 @@ pub enum PipelineError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Remote(#[from] ClientError),
+    #[error("decision network: {0}")]
+    Decision(#[from] Box<crate::decision::DecisionError>),
     #[error("the {0} stage panicked; this is a bug in edgeseg, please report it with the log")]
     Panicked(&'static str),
+}
+
+/// The decision network when `control.score` names it, and the small network's head when the
+/// network's base is shared with the small network (checked to reproduce it here, before any
+/// frame, so local masks are the small network's).
+fn load_decision_network(config: &EdgeConfig, model: &mut Model) -> Result<(Option<DecisionScore>, Option<SmallHead>), PipelineError> {
+    if config.remote.routing != Routing::Threshold || config.control.score != ScoreChoice::DecisionNetwork {
+        return Ok((None, None));
+    }
+    let mut network = DecisionScore::load(&config.decision, &model.manifest).map_err(Box::new)?;
+    if !network.shares_features() {
+        return Ok((Some(network), None));
+    }
+    let classes = model.manifest.output.classes.len();
+    let mut head = SmallHead::load(&config.decision.head, config.model.intra_threads.get(), classes).map_err(Box::new)?;
+    let worst = check_split(network.encoder_mut(), &mut head, model).map_err(Box::new)?;
+    tracing::info!(max_logit_difference = worst, "encoder + head reproduce the small network: local frames reuse the decision's features");
+    Ok((Some(network), Some(head)))
 }
 
 /// The result of a run: the summary always, and the first error if the run ended in one
@@ -94,8 +115,9 @@ pub fn run_with(
     let cap = config.pipeline.queue_capacity.get();
     let spec = PipelineSpec::from_file(&config.ingest.pipeline, &config.ingest.params)?;
     // Load what can fail first so a bad model or output folder fails before the camera starts.
-    let model = Model::load(&config.model)?;
+    let mut model = Model::load(&config.model)?;
     let manifest = model.manifest.clone();
+    let (decision_network, small_head) = load_decision_network(config, &mut model)?;
     let mut sink = Sink::new(SinkSettings {
         dir: config.output.dir.clone(),
         records: config.output.records,
@@ -160,12 +182,15 @@ pub fn run_with(
     let device = DeviceReadings::new(config.control.power_supply_dir.clone(), config.control.interval_ms.get());
     let signals = SignalSource { queues: queues.clone(), local_latency: local_latency.clone(), remote: remote_health.clone(), device };
     let (ticks_tx, ticks_rx) = bounded(CONTROL_TICKS_BUFFERED);
-    let policy = decide::policy(config, Some(ticks_tx))?;
+    let policy = decide::policy(config, decision_network, Some(ticks_tx))?;
     stages.spawn("decision", decision_stage(ingest.frames.clone(), policy, signals, local_tx, remote_tx));
     drop(ingest.frames);
     let (spare_tx, spare_rx) = local::spare_inputs(cap);
-    stages.spawn("preprocess", map_stage(local_rx, prepared_tx, errors.clone(), local::preprocess(manifest, spare_rx, free_pixels)));
-    stages.spawn("infer", map_stage(prepared_rx, inferred_tx, errors.clone(), local::infer(model, spare_tx)));
+    stages.spawn(
+        "preprocess",
+        map_stage(local_rx, prepared_tx, errors.clone(), local::preprocess(manifest, spare_rx, free_pixels, small_head.is_some())),
+    );
+    stages.spawn("infer", map_stage(prepared_rx, inferred_tx, errors.clone(), local::infer(model, small_head, spare_tx)));
     let mut postprocess = local::postprocess();
     let postprocess_timed = move |inferred| {
         let segmented: Segmented = postprocess(inferred)?;
@@ -203,8 +228,7 @@ pub fn run_with(
         frame_memory: summary::FrameMemory { budget_bytes: budget.limit(), peak_bytes: budget.peak() },
     };
     let remote = remote_health.map(|h| h.snapshot());
-    let summary =
-        RunSummary::new(intake, report, wall_s, queues.report(), remote, routes.windows(), error.as_ref().map(|e| e.to_string()));
+    let summary = RunSummary::new(intake, report, wall_s, queues.report(), remote, routes.windows(), error.as_ref().map(|e| e.to_string()));
     summary.write(&config.output.dir);
     Ok(RunOutcome { summary, error })
 }

@@ -5,6 +5,7 @@
 
 mod common;
 mod decision_base;
+mod decision_pipeline;
 mod decision_train_real;
 mod dn_routing;
 mod eval_segment;

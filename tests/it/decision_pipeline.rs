@@ -1,0 +1,187 @@
+//! The decision network in the live pipeline, with the real small network from the assets: a
+//! network trained by `edgeseg dn train` (a few iterations on the VOC smoke set), then real
+//! replays of the first frames of `videos/vtest.avi`:
+//!
+//! - with the threshold at 0 every frame stays local, every record carries the prediction (21
+//!   class IoUs, IoU_img, gain, rule), and the masks, finished by the small network's head on
+//!   the decision's features, are the whole small network's;
+//! - with the threshold at the median prediction, exactly the frames predicted above it stay
+//!   local and the others go remote (here to an unreachable worker: they fall back to the small
+//!   network, and none is lost);
+//! - a damaged `dn.safetensors` stops the run before any frame, naming the file.
+
+use std::path::{Path, PathBuf};
+
+use crate::common;
+use serde_json::Value;
+
+const FRAMES: usize = 16;
+
+fn assets() -> Option<PathBuf> {
+    let dir = edgeseg::infer::manifest::assets_dir();
+    let needed = ["models/deeplabv3_mnv2_dm05_voc_257.onnx", "models/deeplabv3_mnv2_voc_513_fp32.onnx", "voc/val.txt", "videos/vtest.avi"];
+    if needed.iter().all(|p| dir.join(p).is_file()) {
+        Some(dir)
+    } else {
+        eprintln!("SKIPPED: the real networks, voc/ or videos/vtest.avi are missing under {} (set EDGESEG_ASSETS)", dir.display());
+        None
+    }
+}
+
+/// `edgeseg dn train` on the 38 VOC smoke images, briefly: a real network of the real format,
+/// not a good one (the per-image figures land in the project's cache, so reruns are quick).
+fn train(dir: &Path, assets: &Path) -> PathBuf {
+    let out = dir.join("dn");
+    let sets = format!("sets=[{{name=\"voc\", data=\"{}\", split=\"train\"}}]", assets.join("voc").display());
+    let config = common::root().join("config/dn.toml");
+    let run = common::run_edge(&[
+        "dn",
+        "train",
+        "--config",
+        &config.to_string_lossy(),
+        "--out",
+        &out.to_string_lossy(),
+        "--set",
+        &sets,
+        "--set",
+        "training.max_iterations=40",
+        "--set",
+        "training.validate_every=20",
+    ]);
+    assert!(run.status.success(), "dn train failed:\n{}", run.stderr);
+    out.join("dn.toml")
+}
+
+/// A replay of the first `FRAMES` frames of vtest.avi through the real small network.
+fn edge_config(dir: &Path, assets: &Path, name: &str, extra: &str) -> PathBuf {
+    let pipeline = common::pipeline_file(
+        dir,
+        "first-frames.pipeline",
+        &format!("filesrc location=\"${{location}}\" ! decodebin ! identity eos-after={FRAMES} ! videoconvert ! appsink name=sink"),
+    );
+    let run_dir = dir.join(name);
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let path = common::edge_config(&run_dir, &assets.join("videos/vtest.avi"), extra);
+    let root = common::root();
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(&root.join("pipelines/file.pipeline").display().to_string(), &pipeline.display().to_string())
+        .replace(&root.join("models/small.toml").display().to_string(), &root.join("models/deeplab-small.toml").display().to_string())
+        .replace("masks = true", "masks = false")
+        .replace("overlay = true", "overlay = false");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Sections routing by the decision network at `threshold`, with frames sent remote to a worker
+/// that is not there (`tls` holds a development PKI).
+fn decision_sections(network: &Path, threshold: f32, tls: &edgeseg::config::TlsPaths) -> String {
+    let root = common::root();
+    format!(
+        r#"
+[remote]
+routing = "threshold"
+workers = ["127.0.0.1:9"]
+deadline_ms = 300
+connect_timeout_ms = 100
+[remote.tls]
+ca_cert = "{ca}"
+cert = "{cert}"
+key = "{key}"
+[control]
+score = "decision-network"
+threshold = {threshold}
+# The worker is absent on purpose: the breaker would keep frames local after a few failures.
+breaker_failures = 100000
+[decision]
+network = "{network}"
+encoder = "{encoder}"
+head = "{head}"
+"#,
+        ca = tls.ca_cert.display(),
+        cert = tls.cert.display(),
+        key = tls.key.display(),
+        network = network.display(),
+        encoder = root.join("models/derived/small_encoder.onnx").display(),
+        head = root.join("models/derived/small_head.onnx").display(),
+    )
+}
+
+fn run(config: &Path) -> Vec<Value> {
+    let result = common::run_edge(&["run", "--config", &config.to_string_lossy()]);
+    assert!(result.status.success(), "edgeseg run failed:\n{}", result.stderr);
+    let records = common::records(&config.parent().unwrap().join("out"));
+    assert_eq!(records.len(), FRAMES, "every frame has its record");
+    records
+}
+
+/// Pixel fraction per class id.
+fn fractions(record: &Value) -> Vec<(u64, f64)> {
+    record["classes"].as_array().unwrap().iter().map(|c| (c["id"].as_u64().unwrap(), c["fraction"].as_f64().unwrap())).collect()
+}
+
+fn predicted_iou_img(record: &Value) -> f64 {
+    record["decision"]["prediction"]["image_iou"].as_f64().expect("a prediction with image_iou")
+}
+
+#[test]
+fn decision_network_routes_by_its_threshold_and_local_frames_reuse_its_features() {
+    let Some(assets) = assets() else { return };
+    let _machine = common::whole_machine();
+    let dir = tempfile::tempdir().unwrap();
+    let network = train(dir.path(), &assets);
+    let pki = edgeseg::remote::tls::generate_dev_pki(&dir.path().join("pki"), &["localhost".into()], &["edge".into()], false)
+        .expect("generating a development PKI");
+    let tls = &pki.clients[0].1;
+
+    let whole = run(&edge_config(dir.path(), &assets, "whole", ""));
+    let all_local = run(&edge_config(dir.path(), &assets, "all-local", &decision_sections(&network, 0.0, tls)));
+    for (w, d) in whole.iter().zip(&all_local) {
+        assert_eq!(d["decision"]["route"], "local", "threshold 0 keeps every frame local: {d}");
+        assert_eq!(d["source"]["kind"], "local");
+        let prediction = &d["decision"]["prediction"];
+        assert_eq!(prediction["class_iou"].as_array().map(Vec::len), Some(21), "{prediction}");
+        assert_eq!(prediction["rule"], "predicted-iou-img");
+        assert!(prediction["gain"].is_number());
+        assert!(d["latency_ms"]["decision"].as_f64().unwrap() > 0.0);
+        // The head on the decision's features is the small network: the same classes, in the
+        // same shares (to a few pixels where a logit tie rounds the other way). The frame cut
+        // by the early end of stream is not always the same one: compared where it is.
+        if w["pts_ms"] != d["pts_ms"] {
+            assert_eq!(w["seq"], FRAMES as u64 - 1, "only the last frame may differ: {w} against {d}");
+            continue;
+        }
+        let (a, b) = (fractions(w), fractions(d));
+        assert_eq!(a.iter().map(|c| c.0).collect::<Vec<_>>(), b.iter().map(|c| c.0).collect::<Vec<_>>(), "frame {}", w["seq"]);
+        for ((_, x), (_, y)) in a.iter().zip(&b) {
+            assert!((x - y).abs() < 1e-3, "frame {}: {a:?} against {b:?}", w["seq"]);
+        }
+    }
+
+    let mut values: Vec<f64> = all_local.iter().map(predicted_iou_img).collect();
+    values.sort_by(f64::total_cmp);
+    let threshold = ((values[FRAMES / 2 - 1] + values[FRAMES / 2]) / 2.0) as f32;
+    let split = run(&edge_config(dir.path(), &assets, "split", &decision_sections(&network, threshold, tls)));
+    for record in &split {
+        let local = predicted_iou_img(record) > threshold as f64;
+        let expected = if local { "local" } else { "remote" };
+        assert_eq!(record["decision"]["route"], expected, "threshold {threshold}: {record}");
+        assert_eq!(record["decision"]["threshold"].as_f64().map(|t| t as f32), Some(threshold));
+        assert_eq!(record["source"]["kind"], if local { "local" } else { "fallback" }, "{record}");
+    }
+    let remote = split.iter().filter(|r| r["decision"]["route"] == "remote").count();
+    assert!(remote > 0 && remote < FRAMES, "{remote} of {FRAMES} frames remote at the median prediction {threshold}");
+
+    // A damaged weights file: the run stops before the camera starts, naming the file.
+    let weights = network.with_file_name("dn.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    let damaged = common::run_edge(&[
+        "run",
+        "--config",
+        &edge_config(dir.path(), &assets, "damaged", &decision_sections(&network, 0.5, tls)).to_string_lossy(),
+    ]);
+    assert!(!damaged.status.success());
+    assert!(damaged.stderr.contains("dn.safetensors") && damaged.stderr.contains("retrain"), "{}", damaged.stderr);
+    assert!(common::records(&dir.path().join("damaged/out")).is_empty(), "no frame was processed");
+}
