@@ -118,7 +118,7 @@ mod tests {
 
     #[test]
     fn rule_names_in_config_are_kebab_case() {
-        #[derive(Deserialize)]
+        #[derive(serde::Deserialize)]
         struct C {
             rule: Rule,
         }
