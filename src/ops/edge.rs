@@ -246,6 +246,11 @@ impl Scraped for EdgeShared {
 struct FrameTally(Arc<EdgeShared>);
 
 impl Observer for FrameTally {
+    /// Counts only: the frame's pixels may be freed early.
+    fn needs_pixels(&self) -> bool {
+        false
+    }
+
     fn observe(&mut self, frame: &Segmented) -> Result<(), SinkError> {
         let shared = &self.0;
         for (stage, ms) in &frame.latency_ms {

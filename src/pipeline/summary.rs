@@ -43,6 +43,11 @@ pub struct FrameMemory {
 pub(super) struct RouteCounter(pub(super) std::sync::Arc<RouteTimeline>);
 
 impl Observer for RouteCounter {
+    /// Counts only: the frame's pixels may be freed early.
+    fn needs_pixels(&self) -> bool {
+        false
+    }
+
     fn observe(&mut self, frame: &Segmented) -> Result<(), SinkError> {
         self.0.record(frame.frame.captured_at, frame.source.label());
         Ok(())
