@@ -880,7 +880,12 @@ impl ControlConfig {
         for (key, value) in [("control.kp", self.kp), ("control.ki", self.ki)] {
             c.check(value.is_finite() && (0.0..=100.0).contains(&value), key, value, "is outside 0..=100");
         }
-        c.check(self.max_rate > 0.0 && self.max_rate <= 100.0, "control.max_rate", self.max_rate, "is outside (0, 100] (threshold per second)");
+        c.check(
+            self.max_rate > 0.0 && self.max_rate <= 100.0,
+            "control.max_rate",
+            self.max_rate,
+            "is outside (0, 100] (threshold per second)",
+        );
         c.check(
             self.target_local_queue > 0.0 && self.target_local_queue <= 1024.0,
             "control.target_local_queue",
@@ -888,12 +893,22 @@ impl ControlConfig {
             "is outside (0, 1024] (frames)",
         );
         c.check(self.cpu_high > 0.0 && self.cpu_high < 1.0, "control.cpu_high", self.cpu_high, "is outside (0, 1)");
-        c.check(self.rtt_high > 0.0 && self.rtt_high <= 1.0, "control.rtt_high", self.rtt_high, "is outside (0, 1] (share of remote.deadline_ms)");
+        c.check(
+            self.rtt_high > 0.0 && self.rtt_high <= 1.0,
+            "control.rtt_high",
+            self.rtt_high,
+            "is outside (0, 1] (share of remote.deadline_ms)",
+        );
         c.check(self.max_fallback_rate > 0.0, "control.max_fallback_rate", self.max_fallback_rate, "must be above 0");
         c.check(self.breaker_cooldown_ms.units() >= 1, "control.breaker_cooldown_ms", self.breaker_cooldown_ms, "must be at least 1");
         for (i, step) in self.battery.iter().enumerate() {
             c.check(step.level <= 100, &format!("control.battery[{i}].level"), step.level, "is outside 0..=100 (percent)");
-            c.check(unit.contains(&step.min_threshold), &format!("control.battery[{i}].min_threshold"), step.min_threshold, "is outside 0..=1");
+            c.check(
+                unit.contains(&step.min_threshold),
+                &format!("control.battery[{i}].min_threshold"),
+                step.min_threshold,
+                "is outside 0..=1",
+            );
         }
     }
 }

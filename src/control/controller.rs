@@ -152,20 +152,12 @@ pub struct Controller {
 impl Controller {
     pub fn new(config: &ControlConfig, remote_deadline: Duration, now: Instant) -> Self {
         let pi = PiLoop::new(
-            PiSettings {
-                kp: config.kp,
-                ki: config.ki,
-                min: config.threshold_min,
-                max: config.threshold_max,
-                max_rate: config.max_rate,
-            },
+            PiSettings { kp: config.kp, ki: config.ki, min: config.threshold_min, max: config.threshold_max, max_rate: config.max_rate },
             config.threshold,
             now,
         );
-        let breaker = Breaker::new(BreakerSettings {
-            failures: config.breaker_failures.get() as u64,
-            cooldown: config.breaker_cooldown_ms.get(),
-        });
+        let breaker =
+            Breaker::new(BreakerSettings { failures: config.breaker_failures.get() as u64, cooldown: config.breaker_cooldown_ms.get() });
         Controller {
             config: config.clone(),
             deadline_ms: remote_deadline.as_secs_f64() * 1000.0,
@@ -470,7 +462,11 @@ mod tests {
             let q = |name, depth| QueueSample { name, depth, capacity: 4 };
             Signals {
                 at: self.at,
-                queues: vec![q("local", self.local.saturating_sub(4).min(4)), q("prepared", self.local.min(4)), q("remote", self.remote_queue)],
+                queues: vec![
+                    q("local", self.local.saturating_sub(4).min(4)),
+                    q("prepared", self.local.min(4)),
+                    q("remote", self.remote_queue),
+                ],
                 local_latency_ms: None,
                 cpu: self.cpu,
                 battery: self.battery,
@@ -601,11 +597,26 @@ mod tests {
         scene.cpu = Some(1.0);
         let config = ControlConfig { cpu_weight: 0.5, target_local_queue: 2.0, ..config(ControlMode::Adaptive) };
         let mut c = Controller::new(&config, Duration::from_millis(500), scene.at);
+        // The local queue at its target votes 0; the saturated CPU votes +0.5 and speaks for the edge.
         scene.local = 2;
-        let last = run(&mut scene, &mut c, 20, 0.0).pop().unwrap();
-        assert_eq!(last.driver, "cpu");
-        assert!(last.threshold > 0.8, "{last:?}");
+        let rising = run(&mut scene, &mut c, 5, 0.0);
+        assert!(rising.windows(2).all(|w| w[1].threshold > w[0].threshold), "{rising:?}");
+        let last = rising.last().unwrap();
+        assert_eq!((last.driver, last.error), ("cpu", 0.5));
         assert!(last.reason.starts_with("CPU 100 % against 90 %: raising"), "{}", last.reason);
+        // Held for seconds, it takes the threshold to its maximum, and keeps it there.
+        let last = run(&mut scene, &mut c, 15, 0.0).pop().unwrap();
+        assert_eq!((last.driver, last.threshold), ("cpu", 0.95), "{last:?}");
+        assert_eq!(last.reason, "CPU 100 % against 90 %: at threshold_max");
+
+        // Without weight the same CPU moves nothing: the queue at its target holds the threshold.
+        let mut scene = Scene::new();
+        scene.cpu = Some(1.0);
+        scene.local = 2;
+        let mut c = Controller::new(&ControlConfig { cpu_weight: 0.0, ..config }, Duration::from_millis(500), scene.at);
+        let last = run(&mut scene, &mut c, 20, 0.0).pop().unwrap();
+        assert_eq!((last.driver, last.threshold), ("local queue", 0.3), "{last:?}");
+        assert!(last.reason.ends_with(": holding"), "{}", last.reason);
     }
 
     #[test]

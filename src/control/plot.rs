@@ -176,8 +176,18 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, s: &RunSeries) -> Resu
             spans: None,
         },
         Panel { title: "CPU utilisation (%)", y: 0.0..105.0, lines: vec![("CPU", BLUE, s.cpu_percent.clone())], spans: None },
-        Panel { title: "remote round trip (ms)", y: 0.0..upper(&s.rtt_ms, 10.0), lines: vec![("RTT", BLUE, s.rtt_ms.clone())], spans: None },
-        Panel { title: "frames dropped (total)", y: 0.0..upper(&s.dropped, 1.0), lines: vec![("dropped", RED, s.dropped.clone())], spans: None },
+        Panel {
+            title: "remote round trip (ms)",
+            y: 0.0..upper(&s.rtt_ms, 10.0),
+            lines: vec![("RTT", BLUE, s.rtt_ms.clone())],
+            spans: None,
+        },
+        Panel {
+            title: "frames dropped (total)",
+            y: 0.0..upper(&s.dropped, 1.0),
+            lines: vec![("dropped", RED, s.dropped.clone())],
+            spans: None,
+        },
     ];
     for (area, panel) in root.split_evenly((panels.len(), 1)).iter().zip(&panels) {
         let mut chart = ChartBuilder::on(area)

@@ -11,8 +11,10 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::PipelineError;
 use crate::config::{EdgeConfig, Routing, ScoreChoice};
-use crate::control::system::{read_battery, allowed_cpus, CpuSampler};
-use crate::control::{Battery, ConstantScore, ControlTick, Controller, Decide, RoutingPolicy, Score, Signals, ThresholdPolicy, UniformScore};
+use crate::control::system::{allowed_cpus, read_battery, CpuSampler};
+use crate::control::{
+    Battery, ConstantScore, ControlTick, Controller, Decide, RoutingPolicy, Score, Signals, ThresholdPolicy, UniformScore,
+};
 use crate::frame::{Frame, Job, Route};
 use crate::metrics::{LatencyGauge, QueueDepths, RemoteHealth};
 
