@@ -297,6 +297,9 @@ fn print_summary(s: &RunSummary) {
     );
     let by: Vec<String> = s.by_source.iter().map(|(k, v)| format!("{k} {v}")).collect();
     println!("  paths: {}", if by.is_empty() { "-".to_string() } else { by.join(", ") });
+    if let Some(over_time) = s.remote_share_over_time() {
+        println!("  remote share (mean threshold) per output.route_window_s: {over_time}");
+    }
     println!("  wall {:.2} s, {:.1} frames/s ({:.1} frames/s first to last frame)", s.wall_s, s.fps, s.steady_fps);
     for (stage, p) in &s.latency {
         println!("  latency {stage:<12} p50 {:>8.2} ms  p99 {:>8.2} ms  (n={})", p.p50_ms, p.p99_ms, p.count);
