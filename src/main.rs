@@ -111,6 +111,24 @@ enum Command {
         #[command(subcommand)]
         which: DnCommand,
     },
+    /// Pictures of what a run did.
+    Plot {
+        #[command(subcommand)]
+        which: PlotCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PlotCommand {
+    /// The control unit over a run, from its metrics.jsonl: threshold and remote share (breaker
+    /// spells shaded), local queue against its target, CPU, remote round trip, frames dropped.
+    Metrics {
+        /// metrics.jsonl written by `edgeseg run`.
+        metrics: PathBuf,
+        /// PNG to write (SVG when it ends in .svg) [default: beside the metrics, metrics.png].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -451,6 +469,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Eval { which: EvalCommand::Segment(args) } => eval_segment(&args),
         Command::Eval { which: EvalCommand::Routing(args) } => eval_routing(&args),
         Command::Dn { which: DnCommand::Train { config, out, overrides } } => dn_train(&config, out.as_deref(), &overrides),
+        Command::Plot { which: PlotCommand::Metrics { metrics, out } } => {
+            let out = out.unwrap_or_else(|| metrics.with_extension("png"));
+            let series = edgeseg::control::plot::plot_metrics(&metrics, &out)?;
+            println!("plot metrics: {} ({}) -> {}", metrics.display(), series.describe(), out.display());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

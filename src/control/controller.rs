@@ -114,6 +114,9 @@ pub struct ControlTick {
     pub breaker: BreakerState,
     /// Share of frames sent remote, recent.
     pub remote_fraction: f32,
+    /// The local queue the adaptive mode holds to, so the file alone shows the target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_local_queue: Option<f32>,
     /// Frames decided during the tick.
     pub frames: u32,
     pub signals: TickSignals,
@@ -314,6 +317,7 @@ impl Controller {
             reason: self.reason.clone(),
             breaker: self.breaker.state(),
             remote_fraction: self.remote_fraction,
+            target_local_queue: (self.config.mode == ControlMode::Adaptive).then_some(self.config.target_local_queue),
             frames: window.frames,
             signals: tick_signals,
         }
