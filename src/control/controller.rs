@@ -51,6 +51,12 @@ const LOCAL_ENTRY_QUEUE: &str = "local";
 /// last two seconds count, whatever the frame rate.
 const SHARE_TIME_CONSTANT: Duration = Duration::from_secs(2);
 
+/// An empty local queue says there is spare capacity, not how much: the edge takes frames back
+/// at this fraction of the pace at which a backlog sends them away, probing rather than
+/// overshooting into a backlog again (a backlog costs frames, spare capacity only remote share).
+/// At full pace the loop and the queue, which integrates, swing between empty and full.
+const SPARE_PACE: f32 = 0.25;
+
 /// A round trip measured longer ago than this, with no frame sent since, no longer votes.
 const STALE_REMOTE: Duration = Duration::from_secs(4);
 
@@ -410,25 +416,26 @@ impl Controller {
         }
         let mut edge = vec![Vote {
             driver: "local queue",
-            error: unit(f64::from((s.local_queue - c.target_local_queue) / c.target_local_queue)),
+            error: edge_error(f64::from((s.local_queue - c.target_local_queue) / c.target_local_queue)),
             text: format!("local queue {:.1} against target {:.1}", s.local_queue, c.target_local_queue),
         }];
         let target_ms = c.target_latency_ms.units() as f64;
         if let (true, Some(latency)) = (target_ms > 0.0, s.local_latency_ms) {
             edge.push(Vote {
                 driver: "local latency",
-                error: unit((latency - target_ms) / target_ms),
+                error: edge_error((latency - target_ms) / target_ms),
                 text: format!("local frames ready after {latency:.0} ms against target {target_ms:.0} ms"),
             });
         }
         let mut edge = edge.into_iter().max_by(|a, b| a.error.total_cmp(&b.error)).expect("the local queue always votes");
         // A saturated CPU adds to the edge's vote rather than voting alone: sending frames away
         // does not idle a CPU that other work saturates, so alone it would pin the threshold at
-        // its maximum while the small network keeps up. Added, it holds the local queue lower
-        // (at target x (1 - cpu_weight) when fully saturated) and still lets an idle edge lower it.
+        // its maximum while the small network keeps up. Added at the pace of spare capacity, it
+        // holds the local queue lower (at target x (1 - cpu_weight) when fully saturated) and
+        // still lets an idle edge lower the threshold.
         let saturation = s.cpu.map_or(0.0, |cpu| unit(f64::from((cpu - c.cpu_high) / (1.0 - c.cpu_high))).max(0.0));
         if c.cpu_weight * saturation > 0.0 {
-            let push = c.cpu_weight * saturation;
+            let push = SPARE_PACE * c.cpu_weight * saturation;
             let cpu = format!("CPU {:.0} % against {:.0} %", s.cpu.unwrap_or(1.0) * 100.0, c.cpu_high * 100.0);
             let (driver, text) = if push > edge.error.abs() {
                 ("cpu", format!("{cpu}, {}", edge.text))
@@ -445,6 +452,17 @@ impl Controller {
 /// The most restrictive vote; with equal errors the first (the edge's, when all are healthy).
 fn lowest(votes: Vec<Vote>) -> Vote {
     votes.into_iter().reduce(|low, v| if v.error < low.error { v } else { low }).expect("at least one vote")
+}
+
+/// An edge ahead of its target lowers the threshold at [`SPARE_PACE`] of the pace at which a
+/// backlog raises it.
+fn edge_error(relative: f64) -> f32 {
+    let error = unit(relative);
+    if error < 0.0 {
+        error * SPARE_PACE
+    } else {
+        error
+    }
 }
 
 fn unit(x: f64) -> f32 {
@@ -586,7 +604,10 @@ mod tests {
         assert!(top.threshold > 0.9, "{top:?}");
         assert_eq!(top.driver, "local queue");
         assert!(top.reason.starts_with("local queue 8.0 against target 2.0"), "{}", top.reason);
+        // Idle, it comes down at a quarter of the pace it went up.
         scene.local = 0;
+        let idle = run(&mut scene, &mut c, 25, 0.0);
+        assert!(idle.last().unwrap().threshold > 0.2, "{:?}", idle.last());
         let idle = run(&mut scene, &mut c, 25, 0.0);
         let bottom = idle.last().unwrap();
         assert!(bottom.threshold < 0.1, "{bottom:?}");
@@ -659,15 +680,16 @@ mod tests {
         scene.cpu = Some(1.0);
         let config = ControlConfig { cpu_weight: 0.5, target_local_queue: 2.0, ..config(ControlMode::Adaptive) };
         let mut c = Controller::new(&config, Duration::from_millis(500), scene.at);
-        // The local queue at its target votes 0; the saturated CPU votes +0.5 and speaks for the edge.
+        // The local queue at its target votes 0; the saturated CPU adds 0.5 at the pace of spare
+        // capacity (0.25) and speaks for the edge.
         scene.local = 2;
         let rising = run(&mut scene, &mut c, 5, 0.0);
         assert!(rising.windows(2).all(|w| w[1].threshold > w[0].threshold), "{rising:?}");
         let last = rising.last().unwrap();
-        assert_eq!((last.driver, last.error), ("cpu", 0.5));
+        assert_eq!((last.driver, last.error), ("cpu", 0.125));
         assert_eq!(last.reason, "CPU 100 % against 90 %, local queue 2.0 against target 2.0: raising");
-        // Held for seconds, it takes the threshold to its maximum, and keeps it there.
-        let last = run(&mut scene, &mut c, 15, 0.0).pop().unwrap();
+        // Held for long, it takes the threshold to its maximum, and keeps it there.
+        let last = run(&mut scene, &mut c, 60, 0.0).pop().unwrap();
         assert_eq!((last.driver, last.threshold), ("cpu", 0.95), "{last:?}");
         assert!(last.reason.ends_with(": at threshold_max"), "{}", last.reason);
         // With the local queue empty, the saturated CPU only slows the fall: it holds the queue
@@ -675,7 +697,7 @@ mod tests {
         scene.local = 0;
         let idle = run(&mut scene, &mut c, 5, 0.0);
         // (The first tick still averages the queue of the tick before.)
-        assert!(idle[1..].iter().all(|t| t.driver == "local queue" && t.error == -0.5), "{idle:?}");
+        assert!(idle[1..].iter().all(|t| t.driver == "local queue" && t.error == -0.125), "{idle:?}");
         assert!(idle.last().unwrap().threshold < 0.95);
         assert!(idle.last().unwrap().reason.starts_with("local queue 0.0 against target 2.0, CPU 100 % against 90 %: lowering"));
 
