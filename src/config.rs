@@ -215,6 +215,16 @@ pub enum ControlMode {
     Adaptive,
 }
 
+impl ControlMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            ControlMode::Fixed => "fixed",
+            ControlMode::Budget => "budget",
+            ControlMode::Adaptive => "adaptive",
+        }
+    }
+}
+
 /// Which per-frame score the threshold is compared with (`control.score`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -938,12 +948,20 @@ impl ControlConfig {
         for (key, value) in fractions {
             c.check(unit.contains(&value), key, value, "is outside 0..=1");
         }
-        c.check(
-            self.threshold_min <= self.threshold && self.threshold <= self.threshold_max,
-            "control.threshold",
-            self.threshold,
-            &format!("must lie within control.threshold_min..=control.threshold_max ({}..={})", self.threshold_min, self.threshold_max),
-        );
+        let bounds = format!("control.threshold_min..=control.threshold_max ({}..={})", self.threshold_min, self.threshold_max);
+        // Their order only means something once each bound is a fraction.
+        let fractions = [self.threshold_min, self.threshold_max].iter().all(|b| unit.contains(b));
+        if fractions && self.threshold_min <= self.threshold_max {
+            let within = (self.threshold_min..=self.threshold_max).contains(&self.threshold);
+            c.check(within, "control.threshold", self.threshold, &format!("must lie within {bounds}"));
+        } else if fractions {
+            c.check(
+                false,
+                "control.threshold_min",
+                self.threshold_min,
+                &format!("is above control.threshold_max ({})", self.threshold_max),
+            );
+        }
         let interval = self.interval_ms.units();
         c.check((10..=60_000).contains(&interval), "control.interval_ms", interval, "is outside 10..=60000");
         for (key, value) in [("control.kp", self.kp), ("control.ki", self.ki)] {
@@ -955,6 +973,14 @@ impl ControlConfig {
             self.max_rate,
             "is outside (0, 100] (threshold per second)",
         );
+        if self.mode != ControlMode::Fixed {
+            c.check(
+                self.kp > 0.0 || self.ki > 0.0,
+                "control.kp",
+                self.kp,
+                &format!("and control.ki are both 0: the {} mode could not move the threshold", self.mode.name()),
+            );
+        }
         c.check(
             self.target_local_queue > 0.0 && self.target_local_queue <= 1024.0,
             "control.target_local_queue",
@@ -977,6 +1003,25 @@ impl ControlConfig {
                 &format!("control.battery[{i}].min_threshold"),
                 step.min_threshold,
                 "is outside 0..=1",
+            );
+        }
+        // Sorted as the policy reads: each step lower and at least as strict as the one before.
+        for (i, pair) in self.battery.windows(2).enumerate() {
+            let (above, below) = (pair[0], pair[1]);
+            c.check(
+                below.level < above.level,
+                &format!("control.battery[{}].level", i + 1),
+                below.level,
+                &format!("must be below control.battery[{i}].level ({}): list the steps from the highest level down", above.level),
+            );
+            c.check(
+                below.min_threshold >= above.min_threshold,
+                &format!("control.battery[{}].min_threshold", i + 1),
+                below.min_threshold,
+                &format!(
+                    "is below control.battery[{i}].min_threshold ({}): a lower battery must not allow a lower threshold",
+                    above.min_threshold
+                ),
             );
         }
     }
@@ -1134,6 +1179,103 @@ mod tests {
             let message = found[0].to_string();
             assert!(message.starts_with(key_value) && message.contains(problem), "{set}: {message:?}");
         }
+    }
+
+    #[test]
+    fn the_shipped_control_section_documents_every_key_with_its_default() {
+        let path = root().join("config/edge.toml");
+        let table: toml::Table = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let mut keys: Vec<&str> = table["control"].as_table().expect("[control]").keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        let mut every_key = [
+            "mode",
+            "score",
+            "constant_score",
+            "threshold",
+            "threshold_min",
+            "threshold_max",
+            "interval_ms",
+            "kp",
+            "ki",
+            "max_rate",
+            "remote_budget",
+            "target_local_queue",
+            "target_latency_ms",
+            "cpu_high",
+            "cpu_weight",
+            "rtt_high",
+            "max_fallback_rate",
+            "spill",
+            "breaker_failures",
+            "breaker_cooldown_ms",
+            "power_supply_dir",
+            "battery",
+        ];
+        every_key.sort_unstable();
+        assert_eq!(keys, every_key);
+        assert_eq!(EdgeConfig::load(&path, &[]).unwrap().control, ControlConfig::default(), "the file shows the defaults");
+    }
+
+    #[test]
+    fn each_bad_control_value_is_named_with_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = edge_file(dir.path(), "");
+        let adaptive = "control.mode=\"adaptive\"";
+        let cases: &[(&[&str], &str, &str)] = &[
+            (&["control.mode=\"pid\""], "control.mode = pid", "unknown variant"),
+            (&["control.score=\"magic\""], "control.score = magic", "unknown variant"),
+            (&["control.threshold=1.4"], "control.threshold = 1.4", "is outside 0..=1"),
+            (
+                &["control.threshold=0.1", "control.threshold_min=0.2"],
+                "control.threshold = 0.1",
+                "must lie within control.threshold_min..=control.threshold_max (0.2..=1)",
+            ),
+            (
+                &["control.threshold_min=0.8", "control.threshold_max=0.5"],
+                "control.threshold_min = 0.8",
+                "is above control.threshold_max (0.5)",
+            ),
+            (&["control.threshold_max=-0.5"], "control.threshold_max = -0.5", "is outside 0..=1"),
+            (&["control.constant_score=2"], "control.constant_score = 2", "is outside 0..=1"),
+            (&["control.interval_ms=5"], "control.interval_ms = 5", "is outside 10..=60000"),
+            (&["control.kp=-1"], "control.kp = -1", "is outside 0..=100"),
+            (&["control.ki=1000"], "control.ki = 1000", "is outside 0..=100"),
+            (&[adaptive, "control.kp=0", "control.ki=0"], "control.kp = 0", "and control.ki are both 0: the adaptive mode could not move"),
+            (&["control.max_rate=0"], "control.max_rate = 0", "is outside (0, 100]"),
+            (&["control.remote_budget=1.5"], "control.remote_budget = 1.5", "is outside 0..=1"),
+            (&["control.target_local_queue=0"], "control.target_local_queue = 0", "is outside (0, 1024]"),
+            (&["control.target_latency_ms=-3"], "control.target_latency_ms = -3", "is negative"),
+            (&["control.cpu_high=1"], "control.cpu_high = 1", "is outside (0, 1)"),
+            (&["control.cpu_weight=3"], "control.cpu_weight = 3", "is outside 0..=1"),
+            (&["control.rtt_high=0"], "control.rtt_high = 0", "is outside (0, 1]"),
+            (&["control.max_fallback_rate=0"], "control.max_fallback_rate = 0", "must be above 0"),
+            (&["control.spill=\"yes\""], "control.spill = yes", "expected a boolean"),
+            (&["control.breaker_failures=0"], "control.breaker_failures = 0", "is outside 1..=100000"),
+            (&["control.breaker_cooldown_ms=0"], "control.breaker_cooldown_ms = 0", "must be at least 1"),
+            (&["control.battery=[{level=120,min_threshold=0.5}]"], "control.battery[0].level = 120", "is outside 0..=100"),
+            (&["control.battery=[{level=20,min_threshold=1.5}]"], "control.battery[0].min_threshold = 1.5", "is outside 0..=1"),
+            (
+                &["control.battery=[{level=15,min_threshold=0.6},{level=30,min_threshold=0.9}]"],
+                "control.battery[1].level = 30",
+                "must be below control.battery[0].level (15): list the steps from the highest level down",
+            ),
+            (
+                &["control.battery=[{level=30,min_threshold=0.9},{level=15,min_threshold=0.6}]"],
+                "control.battery[1].min_threshold = 0.6",
+                "is below control.battery[0].min_threshold (0.9): a lower battery must not allow a lower threshold",
+            ),
+            (&["control.battery=[{level=20,threshold=0.5}]"], "control.battery", "unknown field `threshold`"),
+            (&["control.gain=1"], "control.gain = 1", "unknown field `gain`"),
+        ];
+        for (set, key_value, problem) in cases {
+            let overrides: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+            let found = problems(EdgeConfig::load(&path, &overrides).expect_err(set[0]));
+            assert_eq!(found.len(), 1, "{set:?}: {found:?}");
+            let message = found[0].to_string();
+            assert!(message.starts_with(key_value) && message.contains(problem), "{set:?}: {message:?}");
+        }
+        let fine = ["control.battery=[]", "control.threshold_min=0.3", "control.threshold_max=0.3", adaptive, "control.kp=0"];
+        EdgeConfig::load(&path, &fine.map(String::from)).expect("an empty battery table, a single threshold, a pure I loop");
     }
 
     #[test]

@@ -7,8 +7,9 @@
 //! [`pipeline`] wires the stages together and nothing imports it. [`metrics`] holds what the
 //! stages measure, [`shutdown`] how they are asked to stop, [`config`] the settings, loaded and
 //! checked once. [`eval`] measures the networks offline on labelled sets. [`ops`] is
-//! what systemd and Prometheus see of a running edge or worker.
+//! what systemd and Prometheus see of a running edge or worker; [`chart`] draws the plots.
 pub mod bench;
+pub mod chart;
 pub mod config;
 pub mod control;
 pub mod decision;

@@ -111,6 +111,24 @@ enum Command {
         #[command(subcommand)]
         which: DnCommand,
     },
+    /// Pictures of what a run did.
+    Plot {
+        #[command(subcommand)]
+        which: PlotCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PlotCommand {
+    /// The control unit over a run, from its metrics.jsonl: threshold and remote share (breaker
+    /// spells shaded), local queue against its target, CPU, remote round trip, frames dropped.
+    Metrics {
+        /// metrics.jsonl written by `edgeseg run`.
+        metrics: PathBuf,
+        /// PNG to write (SVG when it ends in .svg) [default: beside the metrics, metrics.png].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -297,6 +315,9 @@ fn print_summary(s: &RunSummary) {
     );
     let by: Vec<String> = s.by_source.iter().map(|(k, v)| format!("{k} {v}")).collect();
     println!("  paths: {}", if by.is_empty() { "-".to_string() } else { by.join(", ") });
+    if let Some(over_time) = s.remote_share_over_time() {
+        println!("  remote share (mean threshold) per output.route_window_s: {over_time}");
+    }
     println!("  wall {:.2} s, {:.1} frames/s ({:.1} frames/s first to last frame)", s.wall_s, s.fps, s.steady_fps);
     for (stage, p) in &s.latency {
         println!("  latency {stage:<12} p50 {:>8.2} ms  p99 {:>8.2} ms  (n={})", p.p50_ms, p.p99_ms, p.count);
@@ -448,6 +469,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Eval { which: EvalCommand::Segment(args) } => eval_segment(&args),
         Command::Eval { which: EvalCommand::Routing(args) } => eval_routing(&args),
         Command::Dn { which: DnCommand::Train { config, out, overrides } } => dn_train(&config, out.as_deref(), &overrides),
+        Command::Plot { which: PlotCommand::Metrics { metrics, out } } => {
+            let out = out.unwrap_or_else(|| metrics.with_extension("png"));
+            let series = edgeseg::control::plot::plot_metrics(&metrics, &out)?;
+            println!("plot metrics: {} ({}) -> {}", metrics.display(), series.describe(), out.display());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

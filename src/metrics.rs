@@ -242,6 +242,13 @@ pub struct RouteWindow {
     pub fallback: u64,
     /// Frames answered by the remote worker, over all frames of the window.
     pub remote_fraction: f64,
+    /// Mean offloading threshold of the window's frames, when the policy has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mean_threshold: Option<f64>,
+    #[serde(skip)]
+    threshold_sum: f64,
+    #[serde(skip)]
+    thresholds: u64,
 }
 
 /// Counts finished frames per window of `window` since `started`, for the run summary.
@@ -257,8 +264,9 @@ impl RouteTimeline {
         RouteTimeline { started, window: window.max(Duration::from_millis(1)), windows: Mutex::default() }
     }
 
-    /// One finished frame captured at `captured_at` and served by `source` ("local", "remote", "fallback").
-    pub fn record(&self, captured_at: Instant, source: &str) {
+    /// One finished frame captured at `captured_at` and served by `source` ("local", "remote",
+    /// "fallback"), decided with `threshold` if its policy has one.
+    pub fn record(&self, captured_at: Instant, source: &str, threshold: Option<f32>) {
         let index = (captured_at.saturating_duration_since(self.started).as_secs_f64() / self.window.as_secs_f64()) as usize;
         let mut windows = self.windows.lock().expect("route timeline lock");
         while windows.len() <= index {
@@ -273,6 +281,11 @@ impl RouteTimeline {
             _ => w.local += 1,
         }
         w.remote_fraction = w.remote as f64 / w.frames as f64;
+        if let Some(threshold) = threshold {
+            w.threshold_sum += f64::from(threshold);
+            w.thresholds += 1;
+            w.mean_threshold = Some(w.threshold_sum / w.thresholds as f64);
+        }
     }
 
     pub fn windows(&self) -> Vec<RouteWindow> {
@@ -304,21 +317,33 @@ mod tests {
         for _ in 0..40 {
             gauge.record(Duration::from_millis(20));
         }
-        assert!((gauge.ms().unwrap() - 20.0).abs() < 0.1, "{:?}", gauge.ms());
+        // Each sample counts 1/8: of the 60 ms step, 60 * (7/8)^40 = 0.29 ms is left (less up to
+        // 1 µs per sample, as the average is kept in whole microseconds).
+        let expected = 20.0 + 60.0 * (7.0f64 / 8.0).powi(40);
+        let ms = gauge.ms().unwrap();
+        assert!(ms <= expected && ms > expected - 0.04, "{ms} against {expected}");
+        for _ in 0..40 {
+            gauge.record(Duration::from_millis(20));
+        }
+        assert!((gauge.ms().unwrap() - 20.0).abs() < 0.01, "{:?}", gauge.ms());
     }
 
     #[test]
     fn route_timeline_counts_frames_per_window_by_capture_time() {
         let start = Instant::now();
         let timeline = RouteTimeline::new(start, Duration::from_secs(10));
-        timeline.record(start + Duration::from_secs(1), "local");
-        timeline.record(start + Duration::from_secs(2), "remote");
-        timeline.record(start + Duration::from_secs(25), "fallback");
+        timeline.record(start + Duration::from_secs(1), "local", Some(0.25));
+        timeline.record(start + Duration::from_secs(2), "remote", Some(0.5));
+        timeline.record(start + Duration::from_secs(25), "fallback", None);
         let w = timeline.windows();
         assert_eq!(w.len(), 3, "an empty window in between is kept: {w:?}");
         assert_eq!((w[0].frames, w[0].local, w[0].remote, w[0].remote_fraction), (2, 1, 1, 0.5));
         assert_eq!((w[1].start_s, w[1].frames), (10.0, 0));
         assert_eq!((w[2].start_s, w[2].fallback, w[2].remote_fraction), (20.0, 1, 0.0));
+        assert_eq!((w[0].mean_threshold, w[2].mean_threshold), (Some(0.375), None));
+        let json = serde_json::to_value(&w[0]).unwrap();
+        assert_eq!(json["mean_threshold"], 0.375);
+        assert!(serde_json::to_value(&w[2]).unwrap().get("mean_threshold").is_none());
         let health = RemoteHealth::default();
         health.record_fallback(true);
         health.record_fallback(false);

@@ -6,7 +6,8 @@
 //! Direction: a higher threshold keeps fewer frames local. Each tick the signals vote, as an
 //! error in about -1..=1 (positive: raise):
 //! - the edge (adaptive mode): local queue above `target_local_queue`, local frames older than
-//!   `target_latency_ms`, CPU above `cpu_high`; the worst of them speaks for the edge;
+//!   `target_latency_ms`; the worse of them speaks for the edge, and a CPU above `cpu_high`
+//!   adds up to `cpu_weight` to it;
 //! - the budget (budget and adaptive modes): `remote_budget` minus the share of frames sent remote;
 //! - the remote: round trip above `rtt_high` of the deadline, fallbacks above
 //!   `max_fallback_rate` of the frames sent, frames queueing for the remote path.
@@ -16,6 +17,13 @@
 //! The chosen error drives a [`PiLoop`] within [`threshold_min`, `threshold_max`]. While
 //! discharging, the battery table sets a floor under the result. The [`Breaker`] can shut the
 //! remote path whatever the threshold says; meanwhile the loop holds still.
+//!
+//! The remote votes on what it did with the frames sent to it. When none were sent for a
+//! while (the threshold pushed down to where no frame scores below it), its old fallbacks are
+//! forgotten at the pace they were learnt and its old round trip no longer counts, so the
+//! threshold can rise again and try the remote; the breaker deals with a remote that is gone.
+//!
+//! The first frame ticks at once, so the battery floor holds from the first frame on.
 //!
 //! [`threshold_min`]: crate::config::ControlConfig::threshold_min
 //! [`threshold_max`]: crate::config::ControlConfig::threshold_max
@@ -43,6 +51,15 @@ const LOCAL_ENTRY_QUEUE: &str = "local";
 /// last two seconds count, whatever the frame rate.
 const SHARE_TIME_CONSTANT: Duration = Duration::from_secs(2);
 
+/// An empty local queue says there is spare capacity, not how much: the edge takes frames back
+/// at this fraction of the pace at which a backlog sends them away, probing rather than
+/// overshooting into a backlog again (a backlog costs frames, spare capacity only remote share).
+/// At full pace the loop and the queue, which integrates, swing between empty and full.
+const SPARE_PACE: f32 = 0.25;
+
+/// A round trip measured longer ago than this, with no frame sent since, no longer votes.
+const STALE_REMOTE: Duration = Duration::from_secs(4);
+
 /// Errors within this of zero hold the threshold where it is, as far as the explanation goes.
 const HOLD_BAND: f32 = 0.02;
 
@@ -51,6 +68,8 @@ const HOLD_BAND: f32 = 0.02;
 pub struct RemoteSignals {
     /// Frames waiting for the remote path, averaged over the tick.
     pub queue: f32,
+    /// Moving average of the round trip; 0 before the first answer, and once no frame went
+    /// remote for a few seconds (it no longer says anything about the remote).
     pub rtt_ms: f64,
     pub in_flight: usize,
     pub worker_queue_ms: f64,
@@ -101,6 +120,9 @@ pub struct ControlTick {
     pub breaker: BreakerState,
     /// Share of frames sent remote, recent.
     pub remote_fraction: f32,
+    /// The local queue the adaptive mode holds to, so the file alone shows the target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_local_queue: Option<f32>,
     /// Frames decided during the tick.
     pub frames: u32,
     pub signals: TickSignals,
@@ -140,11 +162,18 @@ pub struct Controller {
     pi: PiLoop,
     breaker: Breaker,
     last_tick: Instant,
+    /// Whether the first tick (at the first frame) happened.
+    ticked: bool,
     window: Window,
     remote_fraction: f32,
     fallback_rate: f32,
     /// Counters at the previous tick, for rates.
     previous_remote: Option<RemoteHealthSnapshot>,
+    /// When the remote path last had frames sent or in flight.
+    remote_busy_at: Instant,
+    /// Whether every remote vote of the last tick was positive: only then are frames spilled
+    /// there (a failing remote would give them back to the full local queue).
+    remote_has_room: bool,
     threshold: f32,
     reason: String,
 }
@@ -164,12 +193,15 @@ impl Controller {
             pi,
             breaker,
             last_tick: now,
+            ticked: false,
             window: Window::default(),
             remote_fraction: 0.0,
             fallback_rate: 0.0,
             previous_remote: None,
+            remote_busy_at: now,
+            remote_has_room: true,
             threshold: config.threshold,
-            reason: format!("{} threshold {:.2} (start)", mode_name(config.mode), config.threshold),
+            reason: format!("{} threshold {:.2} (start)", config.mode.name(), config.threshold),
         }
     }
 
@@ -193,7 +225,9 @@ impl Controller {
         w.samples += 1;
         w.local_backlog += signals.depth(&LOCAL_QUEUES) as f64;
         w.remote_queue += signals.depth(&[REMOTE_QUEUE]) as f64;
-        (signals.at.saturating_duration_since(self.last_tick) >= self.config.interval_ms.get()).then(|| self.tick(signals))
+        let due = !self.ticked || signals.at.saturating_duration_since(self.last_tick) >= self.config.interval_ms.get();
+        self.ticked = true;
+        due.then(|| self.tick(signals))
     }
 
     /// Where a frame with `score` goes, given the signals sampled for it.
@@ -219,6 +253,7 @@ impl Controller {
                 && self.config.spill
                 && full(LOCAL_ENTRY_QUEUE)
                 && !full(REMOTE_QUEUE)
+                && self.remote_has_room
                 && self.remote_fraction < self.config.remote_budget;
             return if spill {
                 Routed { route: Route::Remote, note: Some("local queue full: spilled to remote".to_string()) }
@@ -244,7 +279,8 @@ impl Controller {
             let share = window.remote as f32 / window.frames as f32;
             self.remote_fraction += follow * (share - self.remote_fraction);
         }
-        let remote = signals.remote.as_ref().map(|now| self.remote_signals(now, remote_queue, follow));
+        let remote = signals.remote.as_ref().map(|health| self.remote_signals(now, health, remote_queue, follow));
+        self.remote_has_room = remote.as_ref().is_some_and(|r| self.remote_votes(r).iter().all(|v| v.error > 0.0));
         let tick_signals =
             TickSignals { local_queue, local_latency_ms: signals.local_latency_ms, cpu: signals.cpu, battery: signals.battery, remote };
 
@@ -287,6 +323,7 @@ impl Controller {
             reason: self.reason.clone(),
             breaker: self.breaker.state(),
             remote_fraction: self.remote_fraction,
+            target_local_queue: (self.config.mode == ControlMode::Adaptive).then_some(self.config.target_local_queue),
             frames: window.frames,
             signals: tick_signals,
         }
@@ -299,19 +336,26 @@ impl Controller {
         }
     }
 
-    fn remote_signals(&mut self, now: &RemoteHealthSnapshot, queue: f32, follow: f32) -> RemoteSignals {
+    fn remote_signals(&mut self, at: Instant, now: &RemoteHealthSnapshot, queue: f32, follow: f32) -> RemoteSignals {
         if let Some(before) = &self.previous_remote {
             let sent = now.sent.saturating_sub(before.sent);
             let fallbacks = now.fallbacks.saturating_sub(before.fallbacks);
             if sent > 0 || fallbacks > 0 {
                 let rate = fallbacks as f32 / sent.max(fallbacks) as f32;
                 self.fallback_rate += follow * (rate - self.fallback_rate);
+            } else if now.in_flight == 0 {
+                // No news from a remote that gets no frames: forget at the pace of learning.
+                self.fallback_rate -= follow * self.fallback_rate;
+            }
+            if sent > 0 || now.in_flight > 0 {
+                self.remote_busy_at = at;
             }
         }
         self.previous_remote = Some(now.clone());
+        let stale = at.saturating_duration_since(self.remote_busy_at) >= STALE_REMOTE;
         RemoteSignals {
             queue,
-            rtt_ms: now.rtt_ms,
+            rtt_ms: if stale { 0.0 } else { now.rtt_ms },
             in_flight: now.in_flight,
             worker_queue_ms: now.worker_queue_ms,
             fallback_rate: self.fallback_rate,
@@ -320,6 +364,37 @@ impl Controller {
             failures: now.failures,
             connected_workers: now.connected_workers,
         }
+    }
+
+    /// What the remote path says about taking more frames: each vote positive while it can.
+    fn remote_votes(&self, r: &RemoteSignals) -> Vec<Vote> {
+        let c = &self.config;
+        let mut votes = Vec::new();
+        if r.rtt_ms > 0.0 {
+            let slow_ms = c.rtt_high as f64 * self.deadline_ms;
+            votes.push(Vote {
+                driver: "remote rtt",
+                // Healthy (+1) up to three quarters of "slow", -1 at a quarter above it.
+                error: unit((slow_ms - r.rtt_ms) / (0.25 * slow_ms)),
+                text: format!("remote round trip {:.0} ms against {slow_ms:.0} ms", r.rtt_ms),
+            });
+        }
+        votes.push(Vote {
+            driver: "remote fallbacks",
+            error: unit(f64::from((c.max_fallback_rate - r.fallback_rate) / c.max_fallback_rate)),
+            text: format!(
+                "{:.0} % of remote frames fell back ({} overloaded so far), against {:.0} %",
+                r.fallback_rate * 100.0,
+                r.overloaded,
+                c.max_fallback_rate * 100.0
+            ),
+        });
+        votes.push(Vote {
+            driver: "remote queue",
+            error: unit(f64::from((c.target_local_queue - r.queue) / c.target_local_queue)),
+            text: format!("{:.1} frames waiting for the remote path, target {:.1}", r.queue, c.target_local_queue),
+        });
+        votes
     }
 
     /// The error of a tick in budget or adaptive mode: the edge's worst vote, limited by the
@@ -335,56 +410,40 @@ impl Controller {
                 text: format!("remote share {:.2} against budget {:.2}", self.remote_fraction, c.remote_budget),
             });
         }
-        if let Some(r) = &s.remote {
-            if r.rtt_ms > 0.0 {
-                let slow_ms = c.rtt_high as f64 * self.deadline_ms;
-                limits.push(Vote {
-                    driver: "remote rtt",
-                    // Healthy (+1) up to three quarters of "slow", -1 at a quarter above it.
-                    error: unit((slow_ms - r.rtt_ms) / (0.25 * slow_ms)),
-                    text: format!("remote round trip {:.0} ms against {slow_ms:.0} ms", r.rtt_ms),
-                });
-            }
-            limits.push(Vote {
-                driver: "remote fallbacks",
-                error: unit(f64::from((c.max_fallback_rate - r.fallback_rate) / c.max_fallback_rate)),
-                text: format!(
-                    "{:.0} % of remote frames fell back ({} overloaded so far), against {:.0} %",
-                    r.fallback_rate * 100.0,
-                    r.overloaded,
-                    c.max_fallback_rate * 100.0
-                ),
-            });
-            limits.push(Vote {
-                driver: "remote queue",
-                error: unit(f64::from((c.target_local_queue - r.queue) / c.target_local_queue)),
-                text: format!("{:.1} frames waiting for the remote path, target {:.1}", r.queue, c.target_local_queue),
-            });
-        }
+        limits.extend(s.remote.as_ref().map(|r| self.remote_votes(r)).unwrap_or_default());
         if mode == ControlMode::Budget {
             return lowest(limits);
         }
         let mut edge = vec![Vote {
             driver: "local queue",
-            error: unit(f64::from((s.local_queue - c.target_local_queue) / c.target_local_queue)),
+            error: edge_error(f64::from((s.local_queue - c.target_local_queue) / c.target_local_queue)),
             text: format!("local queue {:.1} against target {:.1}", s.local_queue, c.target_local_queue),
         }];
         let target_ms = c.target_latency_ms.units() as f64;
         if let (true, Some(latency)) = (target_ms > 0.0, s.local_latency_ms) {
             edge.push(Vote {
                 driver: "local latency",
-                error: unit((latency - target_ms) / target_ms),
+                error: edge_error((latency - target_ms) / target_ms),
                 text: format!("local frames ready after {latency:.0} ms against target {target_ms:.0} ms"),
             });
         }
-        if let (true, Some(cpu)) = (c.cpu_weight > 0.0, s.cpu) {
-            edge.push(Vote {
-                driver: "cpu",
-                error: c.cpu_weight * unit(f64::from((cpu - c.cpu_high) / (1.0 - c.cpu_high))),
-                text: format!("CPU {:.0} % against {:.0} %", cpu * 100.0, c.cpu_high * 100.0),
-            });
+        let mut edge = edge.into_iter().max_by(|a, b| a.error.total_cmp(&b.error)).expect("the local queue always votes");
+        // A saturated CPU adds to the edge's vote rather than voting alone: sending frames away
+        // does not idle a CPU that other work saturates, so alone it would pin the threshold at
+        // its maximum while the small network keeps up. Added at the pace of spare capacity, it
+        // holds the local queue lower (at target x (1 - cpu_weight) when fully saturated) and
+        // still lets an idle edge lower the threshold.
+        let saturation = s.cpu.map_or(0.0, |cpu| unit(f64::from((cpu - c.cpu_high) / (1.0 - c.cpu_high))).max(0.0));
+        if c.cpu_weight * saturation > 0.0 {
+            let push = SPARE_PACE * c.cpu_weight * saturation;
+            let cpu = format!("CPU {:.0} % against {:.0} %", s.cpu.unwrap_or(1.0) * 100.0, c.cpu_high * 100.0);
+            let (driver, text) = if push > edge.error.abs() {
+                ("cpu", format!("{cpu}, {}", edge.text))
+            } else {
+                (edge.driver, format!("{}, {cpu}", edge.text))
+            };
+            edge = Vote { driver, error: unit(f64::from(edge.error + push)), text };
         }
-        let edge = edge.into_iter().max_by(|a, b| a.error.total_cmp(&b.error)).expect("the local queue always votes");
         limits.insert(0, edge);
         lowest(limits)
     }
@@ -395,16 +454,19 @@ fn lowest(votes: Vec<Vote>) -> Vote {
     votes.into_iter().reduce(|low, v| if v.error < low.error { v } else { low }).expect("at least one vote")
 }
 
-fn unit(x: f64) -> f32 {
-    x.clamp(-1.0, 1.0) as f32
+/// An edge ahead of its target lowers the threshold at [`SPARE_PACE`] of the pace at which a
+/// backlog raises it.
+fn edge_error(relative: f64) -> f32 {
+    let error = unit(relative);
+    if error < 0.0 {
+        error * SPARE_PACE
+    } else {
+        error
+    }
 }
 
-fn mode_name(mode: ControlMode) -> &'static str {
-    match mode {
-        ControlMode::Fixed => "fixed",
-        ControlMode::Budget => "budget",
-        ControlMode::Adaptive => "adaptive",
-    }
+fn unit(x: f64) -> f32 {
+    x.clamp(-1.0, 1.0) as f32
 }
 
 fn explain(vote: &Vote, limit: Option<Limit>) -> String {
@@ -542,7 +604,10 @@ mod tests {
         assert!(top.threshold > 0.9, "{top:?}");
         assert_eq!(top.driver, "local queue");
         assert!(top.reason.starts_with("local queue 8.0 against target 2.0"), "{}", top.reason);
+        // Idle, it comes down at a quarter of the pace it went up.
         scene.local = 0;
+        let idle = run(&mut scene, &mut c, 25, 0.0);
+        assert!(idle.last().unwrap().threshold > 0.2, "{:?}", idle.last());
         let idle = run(&mut scene, &mut c, 25, 0.0);
         let bottom = idle.last().unwrap();
         assert!(bottom.threshold < 0.1, "{bottom:?}");
@@ -581,6 +646,7 @@ mod tests {
         assert_eq!(last.driver, "remote fallbacks", "{last:?}");
         assert!(last.threshold < 0.2, "{last:?}");
         assert!(last.reason.contains("fell back"), "{}", last.reason);
+        assert_eq!(c.route(0.99, &scene.signals()).route, Route::Local, "no spilling onto a failing remote, whatever the local queue");
 
         let mut scene = Scene::new();
         let mut c = Controller::new(&config, Duration::from_millis(500), scene.at);
@@ -592,16 +658,57 @@ mod tests {
     }
 
     #[test]
+    fn a_remote_that_no_longer_gets_frames_is_forgotten_and_tried_again() {
+        for (fallback_share, rtt_ms, driver) in [(1.0, 40.0, "remote fallbacks"), (0.0, 480.0, "remote rtt")] {
+            let mut scene = Scene::new();
+            let config = ControlConfig { threshold: 0.8, threshold_min: 0.0, ..config(ControlMode::Adaptive) };
+            let mut c = Controller::new(&config, Duration::from_millis(500), scene.at);
+            scene.local = 8;
+            scene.remote.rtt_ms = rtt_ms;
+            let ticks = run(&mut scene, &mut c, 60, fallback_share);
+            let bottom = ticks.iter().position(|t| t.threshold == 0.0).unwrap_or_else(|| panic!("{driver}: {:?}", ticks.last()));
+            assert_eq!(ticks[bottom].driver, driver);
+            // Nothing goes remote at 0; the remote's old news fades and the edge, still behind, raises it again.
+            let retry = ticks[bottom..].iter().find(|t| t.threshold > 0.0).unwrap_or_else(|| panic!("{driver}: stuck at 0"));
+            assert!(retry.error > 0.0, "{driver}: {retry:?}");
+        }
+    }
+
+    #[test]
     fn a_saturated_cpu_raises_the_threshold_when_it_has_weight() {
         let mut scene = Scene::new();
         scene.cpu = Some(1.0);
         let config = ControlConfig { cpu_weight: 0.5, target_local_queue: 2.0, ..config(ControlMode::Adaptive) };
         let mut c = Controller::new(&config, Duration::from_millis(500), scene.at);
+        // The local queue at its target votes 0; the saturated CPU adds 0.5 at the pace of spare
+        // capacity (0.25) and speaks for the edge.
         scene.local = 2;
+        let rising = run(&mut scene, &mut c, 5, 0.0);
+        assert!(rising.windows(2).all(|w| w[1].threshold > w[0].threshold), "{rising:?}");
+        let last = rising.last().unwrap();
+        assert_eq!((last.driver, last.error), ("cpu", 0.125));
+        assert_eq!(last.reason, "CPU 100 % against 90 %, local queue 2.0 against target 2.0: raising");
+        // Held for long, it takes the threshold to its maximum, and keeps it there.
+        let last = run(&mut scene, &mut c, 60, 0.0).pop().unwrap();
+        assert_eq!((last.driver, last.threshold), ("cpu", 0.95), "{last:?}");
+        assert!(last.reason.ends_with(": at threshold_max"), "{}", last.reason);
+        // With the local queue empty, the saturated CPU only slows the fall: it holds the queue
+        // at target x (1 - cpu_weight), not at nothing.
+        scene.local = 0;
+        let idle = run(&mut scene, &mut c, 5, 0.0);
+        // (The first tick still averages the queue of the tick before.)
+        assert!(idle[1..].iter().all(|t| t.driver == "local queue" && t.error == -0.125), "{idle:?}");
+        assert!(idle.last().unwrap().threshold < 0.95);
+        assert!(idle.last().unwrap().reason.starts_with("local queue 0.0 against target 2.0, CPU 100 % against 90 %: lowering"));
+
+        // Without weight the same CPU moves nothing: the queue at its target holds the threshold.
+        let mut scene = Scene::new();
+        scene.cpu = Some(1.0);
+        scene.local = 2;
+        let mut c = Controller::new(&ControlConfig { cpu_weight: 0.0, ..config }, Duration::from_millis(500), scene.at);
         let last = run(&mut scene, &mut c, 20, 0.0).pop().unwrap();
-        assert_eq!(last.driver, "cpu");
-        assert!(last.threshold > 0.8, "{last:?}");
-        assert!(last.reason.starts_with("CPU 100 % against 90 %: raising"), "{}", last.reason);
+        assert_eq!((last.driver, last.threshold), ("local queue", 0.3), "{last:?}");
+        assert!(last.reason.ends_with(": holding"), "{}", last.reason);
     }
 
     #[test]

@@ -1,10 +1,14 @@
 //! A proportional-integral loop on made-up time: the caller passes `now` and the error, the loop
 //! answers with its output, kept within bounds and moving at most `max_rate` per second.
 //!
-//! Anti-windup by tracking: whenever the bounds or the rate limit change the output, the
-//! integral is set so that P + I equals the output actually given. The integral therefore never
-//! runs away while the output is pinned, and the output leaves a bound as soon as the error
-//! turns around.
+//! Anti-windup by resetting: whenever the bounds or the rate limit change the output, the
+//! integral is set to the output actually given, the proportional part left out. The integral
+//! therefore never runs away while the output is pinned, a zero error holds the output where a
+//! limit left it, and the output leaves a bound as soon as the error changes sign. (Tracking,
+//! integral = output - P, parks the integral a whole P away from the bound: with errors of
+//! either sign the output would then leave the bound in the direction opposite to the error,
+//! e.g. a threshold pinned at its maximum because the edge is behind would drop by P as soon as
+//! the queue reached its target.)
 
 use std::time::Instant;
 
@@ -75,7 +79,7 @@ impl PiLoop {
         } else {
             None
         };
-        self.integral = output - p;
+        self.integral = if limit.is_some() { output } else { wanted - p };
         self.output = output;
         PiStep { output, p, i: self.integral, limit }
     }
@@ -165,8 +169,24 @@ mod tests {
         assert_eq!(pi.update(clock, 5.0).limit, Some(Limit::Max));
         clock += Duration::from_secs(10);
         assert_eq!(pi.update(clock, -5.0).limit, Some(Limit::Min));
+        // Back to zero error: the output holds where the bound left it, nothing limits it.
         clock += TICK;
-        assert_eq!(pi.update(clock, 0.0).limit, None);
+        assert_eq!(pi.update(clock, 0.0), PiStep { output: 0.1, p: 0.0, i: 0.1, limit: None });
+    }
+
+    #[test]
+    fn a_limited_output_moves_only_in_the_direction_of_the_error() {
+        let mut clock = Instant::now();
+        let mut pi = PiLoop::new(settings(), 0.5, clock);
+        // Pinned at the top by a large error, then the error falls but stays positive.
+        run(&mut pi, &mut clock, 50, |_| 1.0);
+        let outputs = run(&mut pi, &mut clock, 5, |_| 0.2);
+        assert!(outputs.iter().all(|&y| y == 0.9), "still asked to raise: stays at the bound: {outputs:?}");
+        // A rate-limited rise that meets its target holds there instead of falling back by P.
+        let mut pi = PiLoop::new(settings(), 0.2, clock);
+        let rising = run(&mut pi, &mut clock, 2, |_| 3.0);
+        let held = run(&mut pi, &mut clock, 3, |_| 0.0);
+        assert!(held.iter().all(|&y| y == *rising.last().unwrap()), "{rising:?} then {held:?}");
     }
 
     #[test]

@@ -2,16 +2,14 @@
 //! `metrics.jsonl` (the monitor's samples and the controller's ticks, one JSON object a line)
 //! and draws, over time: the threshold (with the battery floor and the breaker's open spells)
 //! and the share of frames sent remote, the local queue against its target, CPU utilisation,
-//! the remote round trip, and the frames dropped. PNG through plotters' bitmap backend (SVG
-//! when the file name ends in `.svg`), with a font compiled into the binary: nothing is looked
-//! up on the machine.
+//! the remote round trip, and the frames dropped: a PNG (an SVG when the file name ends in
+//! `.svg`) drawn by [`crate::chart`].
 
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use plotters::coord::Shift;
-use plotters::prelude::*;
 use serde_json::Value;
+
+use crate::chart::{self, Chart, LegendPosition, Line, Shading, PALETTE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlotError {
@@ -34,6 +32,7 @@ pub struct RunSeries {
     /// Frames waiting for the small network: the controller's per-tick mean, or the monitor's
     /// samples of the local queues when no controller ran.
     pub local_queue: Vec<(f64, f64)>,
+    /// The adaptive mode's target, as its ticks give it.
     pub target_local_queue: Option<f64>,
     pub cpu_percent: Vec<(f64, f64)>,
     pub rtt_ms: Vec<(f64, f64)>,
@@ -65,6 +64,7 @@ impl RunSeries {
                 push(&mut s.threshold, number(&control["threshold"]));
                 push(&mut s.battery_floor, number(&control["battery_floor"]));
                 push(&mut s.remote_fraction, number(&control["remote_fraction"]));
+                s.target_local_queue = number(&control["target_local_queue"]).or(s.target_local_queue);
                 let signals = &control["signals"];
                 push(&mut s.local_queue, number(&signals["local_queue"]));
                 push(&mut s.cpu_percent, number(&signals["cpu"]).map(|c| c * 100.0));
@@ -106,6 +106,14 @@ impl RunSeries {
         Ok(s)
     }
 
+    /// A few words on what was read, for the command line.
+    pub fn describe(&self) -> String {
+        match self.threshold.len() {
+            0 => format!("{:.1} s of monitor samples, no controller", self.duration()),
+            ticks => format!("{ticks} controller steps over {:.1} s", self.duration()),
+        }
+    }
+
     fn duration(&self) -> f64 {
         [&self.threshold, &self.local_queue, &self.dropped, &self.rtt_ms]
             .iter()
@@ -115,115 +123,56 @@ impl RunSeries {
 }
 
 /// Draws `metrics` into `out` (PNG, or SVG for a `.svg` name).
-pub fn plot_metrics(metrics: &Path, out: &Path, target_local_queue: Option<f64>) -> Result<RunSeries, PlotError> {
+pub fn plot_metrics(metrics: &Path, out: &Path) -> Result<RunSeries, PlotError> {
     let text = std::fs::read_to_string(metrics).map_err(|source| PlotError::Read { path: metrics.to_path_buf(), source })?;
-    let mut series = RunSeries::parse(metrics, &text)?;
-    series.target_local_queue = target_local_queue;
-    register_font();
-    const SIZE: (u32, u32) = (1100, 1300);
-    let drawn = if out.extension().is_some_and(|e| e.eq_ignore_ascii_case("svg")) {
-        draw(SVGBackend::new(out, SIZE).into_drawing_area(), &series)
-    } else {
-        draw(BitMapBackend::new(out, SIZE).into_drawing_area(), &series)
-    };
-    drawn.map_err(|message| PlotError::Draw { path: out.to_path_buf(), message })?;
+    let series = RunSeries::parse(metrics, &text)?;
+    chart::write(out, (1100, 1400), &panels(&series)).map_err(|message| PlotError::Draw { path: out.to_path_buf(), message })?;
     Ok(series)
-}
-
-/// The font every text is drawn with, compiled in (Noto Sans, Apache-2.0).
-fn register_font() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        if plotters::style::register_font("sans-serif", FontStyle::Normal, ttf_noto_sans::REGULAR).is_err() {
-            tracing::warn!("the embedded font could not be loaded; the plot's text will be missing");
-        }
-    });
-}
-
-/// One panel: a title, a y range and its lines.
-struct Panel<'a> {
-    title: &'a str,
-    y: Range<f64>,
-    lines: Vec<(&'a str, RGBColor, Vec<(f64, f64)>)>,
-    /// Shaded time spans (the breaker's open spells), with their legend.
-    spans: Option<(&'a str, &'a [(f64, f64)])>,
 }
 
 fn upper(values: &[(f64, f64)], at_least: f64) -> f64 {
     values.iter().map(|(_, v)| *v).fold(at_least, f64::max) * 1.1
 }
 
-fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, s: &RunSeries) -> Result<(), String> {
-    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
-    root.fill(&WHITE).map_err(err)?;
+/// One chart per panel, all over the run's time.
+fn panels(s: &RunSeries) -> Vec<Chart> {
     let duration = s.duration();
     let flat = |value: Option<f64>| value.map(|v| vec![(0.0, v), (duration, v)]).unwrap_or_default();
-    let panels = [
-        Panel {
-            title: "threshold and share of frames sent remote",
-            y: 0.0..1.05,
-            lines: vec![
-                ("threshold", BLUE, s.threshold.clone()),
-                ("battery floor", MAGENTA, s.battery_floor.clone()),
-                ("remote share", RGBColor(0, 150, 0), s.remote_fraction.clone()),
-            ],
-            spans: Some(("breaker open", &s.breaker_open)),
-        },
-        Panel {
-            title: "frames waiting for the small network",
-            y: 0.0..upper(&s.local_queue, s.target_local_queue.unwrap_or(1.0)),
-            lines: vec![("local queue", BLUE, s.local_queue.clone()), ("target", RED, flat(s.target_local_queue))],
-            spans: None,
-        },
-        Panel { title: "CPU utilisation (%)", y: 0.0..105.0, lines: vec![("CPU", BLUE, s.cpu_percent.clone())], spans: None },
-        Panel {
-            title: "remote round trip (ms)",
-            y: 0.0..upper(&s.rtt_ms, 10.0),
-            lines: vec![("RTT", BLUE, s.rtt_ms.clone())],
-            spans: None,
-        },
-        Panel {
-            title: "frames dropped (total)",
-            y: 0.0..upper(&s.dropped, 1.0),
-            lines: vec![("dropped", RED, s.dropped.clone())],
-            spans: None,
-        },
-    ];
-    for (area, panel) in root.split_evenly((panels.len(), 1)).iter().zip(&panels) {
-        let mut chart = ChartBuilder::on(area)
-            .caption(panel.title, ("sans-serif", 20))
-            .margin(8)
-            .x_label_area_size(28)
-            .y_label_area_size(48)
-            .build_cartesian_2d(0.0..duration, panel.y.clone())
-            .map_err(err)?;
-        chart.configure_mesh().x_desc("time (s)").light_line_style(WHITE.mix(0.0)).draw().map_err(err)?;
-        if let Some((label, spans)) = panel.spans.filter(|(_, spans)| !spans.is_empty()) {
-            let (low, high) = (panel.y.start, panel.y.end);
-            let shade = RED.mix(0.15);
-            chart
-                .draw_series(spans.iter().map(|&(from, to)| Rectangle::new([(from, low), (to, high)], shade.filled())))
-                .map_err(err)?
-                .label(label)
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 16, y + 5)], shade.filled()));
-        }
-        for (label, colour, points) in panel.lines.iter().filter(|(_, _, points)| !points.is_empty()) {
-            let colour = *colour;
-            chart
-                .draw_series(LineSeries::new(points.iter().copied(), colour.stroke_width(2)))
-                .map_err(err)?
-                .label(*label)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(2)));
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(err)?;
-    }
-    root.present().map_err(err)
+    let [blue, orange, green, red, purple, ..] = PALETTE;
+    let panel = |title: &str, y_label: &str, y_max: f64, lines: Vec<Line>| Chart {
+        title: title.to_string(),
+        x_label: "time (s)".to_string(),
+        y_label: y_label.to_string(),
+        x_range: (0.0, duration),
+        y_range: (0.0, y_max),
+        lines,
+        shading: None,
+        legend: LegendPosition::UpperRight,
+    };
+    let mut threshold = panel(
+        "threshold and share of frames sent remote",
+        "",
+        1.05,
+        vec![
+            Line::new("threshold", blue, s.threshold.clone()),
+            Line::new("battery floor", purple, s.battery_floor.clone()),
+            Line::new("remote share", green, s.remote_fraction.clone()),
+        ],
+    );
+    threshold.shading = Some(Shading { label: "breaker open".to_string(), spans: s.breaker_open.clone() });
+    let queue_max = upper(&s.local_queue, s.target_local_queue.unwrap_or(1.0));
+    vec![
+        threshold,
+        panel(
+            "frames waiting for the small network",
+            "frames",
+            queue_max,
+            vec![Line::new("local queue", blue, s.local_queue.clone()), Line::new("target", red, flat(s.target_local_queue))],
+        ),
+        panel("CPU utilisation", "%", 105.0, vec![Line::new("CPU", orange, s.cpu_percent.clone())]),
+        panel("remote round trip", "ms", upper(&s.rtt_ms, 10.0), vec![Line::new("RTT", blue, s.rtt_ms.clone())]),
+        panel("frames dropped (total)", "frames", upper(&s.dropped, 1.0), vec![Line::new("dropped", red, s.dropped.clone())]),
+    ]
 }
 
 #[cfg(test)]
@@ -231,7 +180,7 @@ mod tests {
     use super::*;
 
     const METRICS: &str = r#"{"t_s":1.0,"frames_in":10,"dropped":0,"queues":{"frames":1,"local":2,"prepared":4},"remote":{"rtt_ms":30.0}}
-{"t_s":1.2,"control":{"mode":"adaptive","threshold":0.4,"remote_fraction":0.3,"breaker":"closed","signals":{"local_queue":5.5,"cpu":0.5,"remote":{"rtt_ms":35.0}}}}
+{"t_s":1.2,"control":{"mode":"adaptive","threshold":0.4,"target_local_queue":2.0,"remote_fraction":0.3,"breaker":"closed","signals":{"local_queue":5.5,"cpu":0.5,"remote":{"rtt_ms":35.0}}}}
 {"t_s":1.4,"control":{"mode":"adaptive","threshold":0.5,"battery_floor":0.6,"remote_fraction":0.35,"breaker":"open","signals":{"local_queue":3.0}}}
 {"t_s":1.6,"control":{"mode":"adaptive","threshold":0.6,"remote_fraction":0.4,"breaker":"closed","signals":{"local_queue":1.0,"cpu":0.9}}}
 {"t_s":2.0,"frames_in":20,"dropped":3,"queues":{"local":0}}
@@ -248,6 +197,7 @@ mod tests {
         assert_eq!(s.dropped, [(1.0, 0.0), (2.0, 3.0)]);
         assert_eq!(s.breaker_open, [(1.4, 1.6)]);
         assert_eq!(s.duration(), 2.0);
+        assert_eq!(s.target_local_queue, Some(2.0));
     }
 
     #[test]
@@ -272,7 +222,7 @@ mod tests {
         std::fs::write(&metrics, METRICS).unwrap();
         for name in ["plot.png", "plot.svg"] {
             let out = dir.path().join(name);
-            plot_metrics(&metrics, &out, Some(2.0)).unwrap();
+            plot_metrics(&metrics, &out).unwrap();
             let bytes = std::fs::read(&out).unwrap();
             assert!(bytes.len() > 1000, "{name}: {} bytes", bytes.len());
         }

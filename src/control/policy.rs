@@ -85,7 +85,7 @@ mod tests {
         let d = p.decide(&job(0), &healthy(Instant::now()));
         assert_eq!(d.route(), Route::Local);
         assert_eq!(d.record.threshold, Some(0.5));
-        assert_eq!(d.record.reason.as_deref(), Some("constant score 0.700 > 0.500; fixed threshold 0.50 (start)"));
+        assert_eq!(d.record.reason.as_deref(), Some("constant score 0.700 > 0.500; fixed threshold 0.50"));
         let mut p = policy(Box::new(ConstantScore(0.3)), 0.5);
         assert_eq!(p.decide(&job(0), &healthy(Instant::now())).route(), Route::Remote);
         let mut p = policy(Box::new(ConstantScore(0.3)), 0.5);
@@ -129,7 +129,7 @@ mod tests {
         for n in 0..10u64 {
             p.decide(&job(n), &healthy(start + Duration::from_millis(n * 50)));
         }
-        // Ticks at 100, 200, 300 and 400 ms.
-        assert_eq!(rx.try_iter().count(), 4);
+        // Ticks at the first frame, then at 100, 200, 300 and 400 ms.
+        assert_eq!(rx.try_iter().count(), 5);
     }
 }

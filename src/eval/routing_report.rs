@@ -5,16 +5,13 @@
 //! hybrid mIoU against remote fraction and against GFLOPs per frame, and the precision curves
 //! against the threshold.
 //!
-//! PNG text is drawn with a font compiled into the binary (Noto Sans through `ab_glyph`), so
-//! no font library or installed font is needed on the machine.
+//! The plots are drawn by [`crate::chart`] (its font is compiled into the binary).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use plotters::coord::Shift;
-use plotters::prelude::*;
-
 use super::routing::{Point, PolicyResult, RoutingEvaluation};
+use crate::chart::{LegendPosition, Line, PALETTE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
@@ -200,19 +197,6 @@ pub fn markdown(evaluation: &RoutingEvaluation, context: &ReportContext) -> Stri
     out
 }
 
-const COLOURS: [RGBColor; 10] = [
-    RGBColor(31, 119, 180),
-    RGBColor(255, 127, 14),
-    RGBColor(44, 160, 44),
-    RGBColor(214, 39, 40),
-    RGBColor(148, 103, 189),
-    RGBColor(140, 86, 75),
-    RGBColor(227, 119, 194),
-    RGBColor(127, 127, 127),
-    RGBColor(188, 189, 34),
-    RGBColor(23, 190, 207),
-];
-
 struct Series {
     name: String,
     points: Vec<(f64, f64)>,
@@ -227,53 +211,24 @@ struct Chart<'a> {
     series: &'a [Series],
 }
 
-fn draw<DB: DrawingBackend>(area: DrawingArea<DB, Shift>, chart: &Chart<'_>) -> Result<(), String> {
-    let text = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
-    area.fill(&WHITE).map_err(text)?;
-    let mut c = ChartBuilder::on(&area)
-        .caption(chart.title, ("sans-serif", 22))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(56)
-        .build_cartesian_2d(chart.x_range.0..chart.x_range.1, chart.y_range.0..chart.y_range.1)
-        .map_err(text)?;
-    c.configure_mesh().x_desc(chart.x_label).y_desc(chart.y_label).label_style(("sans-serif", 14)).draw().map_err(text)?;
-    for (i, s) in chart.series.iter().enumerate() {
-        let colour = COLOURS[i % COLOURS.len()];
-        c.draw_series(LineSeries::new(s.points.iter().copied(), colour.stroke_width(2)))
-            .map_err(text)?
-            .label(s.name.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2)));
-    }
-    c.configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 14))
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()
-        .map_err(text)?;
-    area.present().map_err(text)
-}
-
-/// Registers the embedded font once; plotters' `ab_glyph` text looks fonts up by family name.
-fn register_font() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        if plotters::style::register_font("sans-serif", FontStyle::Normal, ttf_noto_sans::REGULAR).is_err() {
-            tracing::warn!("the embedded font could not be registered: PNG plots will lack text");
-        }
-    });
-}
-
 /// Writes `stem.png` and `stem.svg`.
 fn plot(dir: &Path, stem: &str, chart: &Chart<'_>, written: &mut Vec<PathBuf>) -> Result<(), ReportError> {
-    register_font();
-    let size = (960, 640);
-    let png = dir.join(format!("{stem}.png"));
-    draw(BitMapBackend::new(&png, size).into_drawing_area(), chart).map_err(write_err(&png))?;
-    let svg = dir.join(format!("{stem}.svg"));
-    draw(SVGBackend::new(&svg, size).into_drawing_area(), chart).map_err(write_err(&svg))?;
-    written.extend([png, svg]);
+    let lines = chart.series.iter().enumerate();
+    let drawn = crate::chart::Chart {
+        title: chart.title.to_string(),
+        x_label: chart.x_label.to_string(),
+        y_label: chart.y_label.to_string(),
+        x_range: chart.x_range,
+        y_range: chart.y_range,
+        lines: lines.map(|(i, s)| Line::new(s.name.as_str(), PALETTE[i % PALETTE.len()], s.points.clone())).collect(),
+        shading: None,
+        legend: LegendPosition::LowerRight,
+    };
+    for extension in ["png", "svg"] {
+        let path = dir.join(format!("{stem}.{extension}"));
+        crate::chart::write(&path, (960, 640), std::slice::from_ref(&drawn)).map_err(write_err(&path))?;
+        written.push(path);
+    }
     Ok(())
 }
 

@@ -49,7 +49,7 @@ impl Observer for RouteCounter {
     }
 
     fn observe(&mut self, frame: &Segmented) -> Result<(), SinkError> {
-        self.0.record(frame.frame.captured_at, frame.source.label());
+        self.0.record(frame.frame.captured_at, frame.source.label(), frame.decision.as_ref().and_then(|d| d.threshold));
         Ok(())
     }
 }
@@ -90,6 +90,20 @@ impl RunSummary {
             outputs: sink.written,
             error,
         }
+    }
+
+    /// Where the frames went over time, one `remote share (mean threshold)` per route window,
+    /// e.g. `0.05 (0.10), 0.62 (0.71)`; `None` when no frame went remote and none had a threshold.
+    pub fn remote_share_over_time(&self) -> Option<String> {
+        let w = &self.route_windows;
+        if w.iter().all(|w| w.remote + w.fallback == 0 && w.mean_threshold.is_none()) {
+            return None;
+        }
+        let cell = |w: &RouteWindow| match w.mean_threshold {
+            Some(t) => format!("{:.2} ({t:.2})", w.remote_fraction),
+            None => format!("{:.2}", w.remote_fraction),
+        };
+        Some(w.iter().map(cell).collect::<Vec<_>>().join(", "))
     }
 
     /// `summary.json` is a convenience beside the outputs: failing to write it is logged only.

@@ -29,32 +29,32 @@ use edgeseg::shutdown::Shutdown;
 use serde_json::Value;
 
 /// Masks and overlay video cost CPU and are not what these tests are about.
-const NO_EXTRA_OUTPUTS: [&str; 2] = ["output.masks=false", "output.overlay=false"];
+pub(crate) const NO_EXTRA_OUTPUTS: [&str; 2] = ["output.masks=false", "output.overlay=false"];
 
 /// A development PKI in `dir` with one client identity, "edge"; the worker certificate is valid
 /// for "localhost" and 127.0.0.1.
-fn dev_pki(dir: &Path) -> GeneratedPki {
+pub(crate) fn dev_pki(dir: &Path) -> GeneratedPki {
     edgeseg::remote::tls::generate_dev_pki(dir, &["localhost".into(), "127.0.0.1".into()], &["edge".into()], false)
         .expect("generating a development PKI")
 }
 
-fn edge_identity(pki: &GeneratedPki) -> &TlsPaths {
+pub(crate) fn edge_identity(pki: &GeneratedPki) -> &TlsPaths {
     &pki.clients[0].1
 }
 
 /// A UDP port that was free a moment ago, for a worker that must come back on the same port.
-fn free_udp_port() -> u16 {
+pub(crate) fn free_udp_port() -> u16 {
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("binding a probe socket");
     socket.local_addr().expect("probe socket address").port()
 }
 
-struct WorkerSettings {
-    listen: String,
+pub(crate) struct WorkerSettings {
+    pub(crate) listen: String,
     /// Manifest served as "large".
-    manifest: PathBuf,
-    max_batch: usize,
-    max_wait_ms: u64,
-    max_message_mib: usize,
+    pub(crate) manifest: PathBuf,
+    pub(crate) max_batch: usize,
+    pub(crate) max_wait_ms: u64,
+    pub(crate) max_message_mib: usize,
 }
 
 impl Default for WorkerSettings {
@@ -76,7 +76,7 @@ fn start_worker(dir: &Path, pki: &GeneratedPki, settings: &WorkerSettings) -> Wo
     Worker::start(&config, Shutdown::new()).expect("starting the worker")
 }
 
-fn write_worker_config(dir: &Path, pki: &GeneratedPki, settings: &WorkerSettings) -> PathBuf {
+pub(crate) fn write_worker_config(dir: &Path, pki: &GeneratedPki, settings: &WorkerSettings) -> PathBuf {
     let text = format!(
         r#"
 listen = "{listen}"
@@ -107,7 +107,7 @@ key = "{key}"
 
 /// The `[remote]` section sending every frame to `worker`, authenticated as `identity`;
 /// `settings` holds further `[remote]` keys, one per line.
-fn remote_section(worker: SocketAddr, identity: &TlsPaths, settings: &str) -> String {
+pub(crate) fn remote_section(worker: SocketAddr, identity: &TlsPaths, settings: &str) -> String {
     format!(
         r#"
 [remote]
@@ -135,7 +135,7 @@ fn run_in_process(path: &Path, overrides: &[String]) -> (RunOutcome, Vec<Value>)
     (outcome, records)
 }
 
-fn kind(record: &Value) -> &str {
+pub(crate) fn kind(record: &Value) -> &str {
     record["source"]["kind"].as_str().expect("every record has source.kind")
 }
 
@@ -145,7 +145,7 @@ fn kinds(records: &[Value]) -> Vec<&str> {
 
 /// The records are exactly frames 0..count, written in frame order.
 /// Run-length summary of the sources in frame order, e.g. "38 remote, 31 fallback, 81 remote".
-fn source_runs(kinds: &[&str]) -> String {
+pub(crate) fn source_runs(kinds: &[&str]) -> String {
     let mut runs: Vec<(usize, &str)> = Vec::new();
     for kind in kinds {
         match runs.last_mut() {
@@ -156,7 +156,7 @@ fn source_runs(kinds: &[&str]) -> String {
     runs.iter().map(|(count, kind)| format!("{count} {kind}")).collect::<Vec<_>>().join(", ")
 }
 
-fn assert_complete_and_in_order(records: &[Value], count: usize) {
+pub(crate) fn assert_complete_and_in_order(records: &[Value], count: usize) {
     let orders: Vec<u64> = records.iter().map(|r| r["order"].as_u64().expect("every record has an order")).collect();
     assert_eq!(orders, (0..count as u64).collect::<Vec<_>>(), "records must be frames 0..{count} in order");
 }
@@ -238,7 +238,7 @@ fn real_large_network_segments_people_over_the_remote_path() {
 }
 
 /// `[remote]` keys for the restart tests: a short deadline and quick reconnection attempts.
-const RESTART_REMOTE_SETTINGS: &str = "deadline_ms = 300\nreconnect_min_ms = 50\nreconnect_max_ms = 200\nconnect_timeout_ms = 500";
+pub(crate) const RESTART_REMOTE_SETTINGS: &str = "deadline_ms = 300\nreconnect_min_ms = 50\nreconnect_max_ms = 200\nconnect_timeout_ms = 500";
 
 #[test]
 fn worker_killed_and_restarted_loses_no_frame() {
@@ -496,7 +496,7 @@ fn bad_worker_config_names_the_key_and_file() {
 }
 
 /// The worker as its own process, started with `edgeseg worker`, once it listens.
-fn spawn_worker_process(config: &Path) -> std::process::Child {
+pub(crate) fn spawn_worker_process(config: &Path) -> std::process::Child {
     use std::io::BufRead;
     let mut child = std::process::Command::new(common::bin())
         .args(["worker", "--config", config.to_str().unwrap()])
