@@ -103,6 +103,7 @@ pub fn run_with(
         overlay: config.output.overlay,
         overlay_alpha: config.output.overlay_alpha,
         overlay_encoder: config.output.overlay_encoder.clone(),
+        overlay_max_size: (config.output.overlay_max_width.get() as u32, config.output.overlay_max_height.get() as u32),
         class_names: manifest.output.classes.clone(),
         reorder_window: config.pipeline.reorder_window.get(),
     })?;
