@@ -166,7 +166,7 @@ pub fn run_with(
     drop(ingest.frames);
     let (spare_tx, spare_rx) = local::spare_inputs(cap);
     stages.spawn("preprocess", map_stage(local_rx, prepared_tx, errors.clone(), local::preprocess(manifest, spare_rx, free_pixels)));
-    stages.spawn("infer", map_stage(prepared_rx, inferred_tx, errors.clone(), local::infer(model, spare_tx)));
+    stages.spawn_inference("infer", map_stage(prepared_rx, inferred_tx, errors.clone(), local::infer(model, spare_tx)));
     let mut postprocess = local::postprocess();
     let postprocess_timed = move |inferred| {
         let segmented: Segmented = postprocess(inferred)?;
@@ -174,8 +174,13 @@ pub fn run_with(
         Ok(segmented)
     };
     stages.spawn("postprocess", map_stage(inferred_rx, segmented_tx, errors.clone(), postprocess_timed));
-    let sink_thread =
-        std::thread::Builder::new().name("sink".into()).spawn(move || sink.run(segmented_rx)).expect("spawning the sink thread");
+    let sink_thread = std::thread::Builder::new()
+        .name("sink".into())
+        .spawn(move || {
+            crate::priority::yield_to_inference();
+            sink.run(segmented_rx)
+        })
+        .expect("spawning the sink thread");
 
     let watched =
         Watched { queues: queues.clone(), ingest: ingest.stats.clone(), remote: remote_health.clone(), control: ticks_rx, started };
