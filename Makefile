@@ -40,15 +40,17 @@ test: setup
 
 bench: bench-pipeline bench-transport
 
-# The edge pipeline with the small network (the edge's own), then with the large one on the edge
-# (what a frame costs when it cannot go remote): the real networks when the assets are there,
-# the fixture networks otherwise.
+# The edge pipeline with the small network (the edge's own) on the real video, then with the
+# large one on the edge (what a frame costs when it cannot go remote) on the shorter fixture
+# video: the real networks and videos/vtest.avi when the assets are there, the fixture networks
+# and video otherwise.
 bench-pipeline: build
-	@if [ -f "$(ASSETS)/models/deeplabv3_mnv2_voc_513_fp32.onnx" ]; then small=deeplab-small; large=deeplab-large-fp32; \
-	 else small=small; large=large; echo "bench-pipeline: no real networks in $(ASSETS): fixture networks"; fi; \
-	for model in $$small $$large; do \
-	  target/release/edgeseg bench pipeline --config config/edge.toml --input fixtures/bench.mp4 --out out/bench \
-	    --set model.manifest=../models/$$model.toml || exit 1; \
+	@if [ -f "$(ASSETS)/models/deeplabv3_mnv2_voc_513_fp32.onnx" ] && [ -f "$(ASSETS)/videos/vtest.avi" ]; then \
+	   small="deeplab-small:$(ASSETS)/videos/vtest.avi"; large="deeplab-large-fp32:fixtures/bench.mp4"; \
+	 else small=small:fixtures/bench.mp4; large=large:fixtures/bench.mp4; echo "bench-pipeline: no real networks in $(ASSETS): fixture networks"; fi; \
+	for run in $$small $$large; do \
+	  target/release/edgeseg bench pipeline --config config/edge.toml --input $${run#*:} --out out/bench \
+	    --set model.manifest=../models/$${run%%:*}.toml || exit 1; \
 	done
 
 bench-transport: build

@@ -424,6 +424,9 @@ pub struct OutputConfig {
     pub overlay: bool,
     pub overlay_alpha: f32,
     pub overlay_encoder: String,
+    /// Largest overlay video; larger frames are scaled down to fit (aspect ratio kept).
+    pub overlay_max_width: Count<16384>,
+    pub overlay_max_height: Count<16384>,
     /// Period of the `metrics.jsonl` samples (queue depths, remote health); 0 turns them off.
     pub metrics_interval_ms: Millis,
     /// Length of the windows in which `summary.json` counts where frames went.
@@ -439,6 +442,8 @@ impl Default for OutputConfig {
             overlay: true,
             overlay_alpha: 0.5,
             overlay_encoder: "videoconvert ! openh264enc ! h264parse ! mp4mux".to_string(),
+            overlay_max_width: Count::literal(1280),
+            overlay_max_height: Count::literal(720),
             metrics_interval_ms: Millis::new(1000),
             route_window_s: Seconds::new(10),
         }

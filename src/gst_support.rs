@@ -10,6 +10,17 @@ pub fn init() -> Result<(), gst::glib::Error> {
     gst::init()
 }
 
+/// For a bus's sync handler, which runs on the thread that posted the message: a streaming
+/// thread announcing that it starts (decoders, encoders, queues) lowers itself below the
+/// inference thread ([`crate::priority`]).
+pub fn streaming_threads_yield_to_inference(message: &gst::Message) {
+    if let gst::MessageView::StreamStatus(status) = message.view() {
+        if status.get().0 == gst::StreamStatusType::Enter {
+            crate::priority::yield_to_inference();
+        }
+    }
+}
+
 /// Pops the first message of one of `types` within `wait`, discarding others.
 /// (gstreamer-rs 0.25's `timed_pop_filtered` never pops anything with a zero timeout.)
 pub fn pop_message(bus: &gst::Bus, types: &[gst::MessageType], wait: Duration) -> Option<gst::Message> {

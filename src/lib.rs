@@ -6,8 +6,9 @@
 //! [`sink`] (records, masks, overlay). What travels between them is defined in [`frame`];
 //! [`pipeline`] wires the stages together and nothing imports it. [`metrics`] holds what the
 //! stages measure, [`shutdown`] how they are asked to stop, [`config`] the settings, loaded and
-//! checked once. [`eval`] measures the networks offline on labelled sets. [`ops`] is
-//! what systemd and Prometheus see of a running edge or worker; [`chart`] draws the plots.
+//! checked once; [`priority`] puts the inference thread ahead of the others. [`eval`] measures
+//! the networks offline on labelled sets. [`ops`] is what systemd and Prometheus see of a
+//! running edge or worker; [`chart`] draws the plots.
 pub mod bench;
 pub mod chart;
 pub mod config;
@@ -21,6 +22,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod ops;
 pub mod pipeline;
+pub mod priority;
 pub mod remote;
 pub mod shutdown;
 pub mod sink;

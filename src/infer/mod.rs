@@ -128,6 +128,11 @@ impl Model {
             .map_err(|e| load_err(e.to_string()))?
             .with_optimization_level(optimization_level(settings.optimization))
             .map_err(|e| load_err(e.to_string()))?
+            // The memory pattern plans one block for all of a run's intermediates and keeps it
+            // beside the arena; without it the arena's freed blocks are reused within the run.
+            // Measured on a 4K replay with the small network: 8 MB less peak RSS, the same speed.
+            .with_memory_pattern(false)
+            .map_err(|e| load_err(e.to_string()))?
             .commit_from_file(&manifest.onnx)
             .map_err(|e| load_err(e.to_string()))?;
         let max_batch = check_against_manifest(&session, &manifest)?;

@@ -259,6 +259,7 @@ impl Source {
                 if message.type_() == gst::MessageType::Error {
                     let _ = nudge.try_send(());
                 }
+                crate::gst_support::streaming_threads_yield_to_inference(message);
                 gst::BusSyncReply::Pass
             });
         }

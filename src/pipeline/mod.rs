@@ -125,6 +125,7 @@ pub fn run_with(
         overlay: config.output.overlay,
         overlay_alpha: config.output.overlay_alpha,
         overlay_encoder: config.output.overlay_encoder.clone(),
+        overlay_max_size: (config.output.overlay_max_width.get() as u32, config.output.overlay_max_height.get() as u32),
         class_names: manifest.output.classes.clone(),
         reorder_window: config.pipeline.reorder_window.get(),
     })?;
@@ -183,14 +184,20 @@ pub fn run_with(
     let signals = SignalSource { queues: queues.clone(), local_latency: local_latency.clone(), remote: remote_health.clone(), device };
     let (ticks_tx, ticks_rx) = bounded(CONTROL_TICKS_BUFFERED);
     let policy = decide::policy(config, decision_network, Some(ticks_tx))?;
-    stages.spawn("decision", decision_stage(ingest.frames.clone(), policy, signals, local_tx, remote_tx));
+    let decision = decision_stage(ingest.frames.clone(), policy, signals, local_tx, remote_tx);
+    if small_head.is_some() {
+        // The decision network's encoder is most of the small network's work for a local frame.
+        stages.spawn_inference("decision", decision);
+    } else {
+        stages.spawn("decision", decision);
+    }
     drop(ingest.frames);
     let (spare_tx, spare_rx) = local::spare_inputs(cap);
     stages.spawn(
         "preprocess",
         map_stage(local_rx, prepared_tx, errors.clone(), local::preprocess(manifest, spare_rx, free_pixels, small_head.is_some())),
     );
-    stages.spawn("infer", map_stage(prepared_rx, inferred_tx, errors.clone(), local::infer(model, small_head, spare_tx)));
+    stages.spawn_inference("infer", map_stage(prepared_rx, inferred_tx, errors.clone(), local::infer(model, small_head, spare_tx)));
     let mut postprocess = local::postprocess();
     let postprocess_timed = move |inferred| {
         let segmented: Segmented = postprocess(inferred)?;
@@ -198,8 +205,13 @@ pub fn run_with(
         Ok(segmented)
     };
     stages.spawn("postprocess", map_stage(inferred_rx, segmented_tx, errors.clone(), postprocess_timed));
-    let sink_thread =
-        std::thread::Builder::new().name("sink".into()).spawn(move || sink.run(segmented_rx)).expect("spawning the sink thread");
+    let sink_thread = std::thread::Builder::new()
+        .name("sink".into())
+        .spawn(move || {
+            crate::priority::yield_to_inference();
+            sink.run(segmented_rx)
+        })
+        .expect("spawning the sink thread");
 
     let watched =
         Watched { queues: queues.clone(), ingest: ingest.stats.clone(), remote: remote_health.clone(), control: ticks_rx, started };

@@ -39,7 +39,16 @@ pub(super) struct Stages {
 }
 
 impl Stages {
+    /// A stage that helps the inference stage: it runs below it ([`crate::priority`]).
     pub(super) fn spawn(&mut self, name: &'static str, body: impl FnOnce() + Send + 'static) {
+        self.spawn_inference(name, move || {
+            crate::priority::yield_to_inference();
+            body()
+        });
+    }
+
+    /// The stage running the small network, at the process's own priority.
+    pub(super) fn spawn_inference(&mut self, name: &'static str, body: impl FnOnce() + Send + 'static) {
         let thread = std::thread::Builder::new().name(name.to_string()).spawn(body).expect("spawning a pipeline stage thread");
         self.threads.push((name, thread));
     }

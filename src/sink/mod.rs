@@ -14,6 +14,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use opencv::core::{Mat, Vector};
+use opencv::prelude::*;
 use serde::Serialize;
 
 use crate::frame::{ClassMap, DecisionRecord, MaskSource, Segmented};
@@ -45,9 +46,11 @@ pub trait Observer: Send {
 
     /// Whether this observer reads the frame's pixels (`frame.bgr`). When no output does, the
     /// pipeline frees them right after preprocessing, and observers see an empty `bgr` beside the
-    /// frame's size and timestamps.
+    /// frame's size and timestamps. Pixels are the bulk of a frame (25 MB at 4K), so keeping
+    /// them is asked for: one observer that merely counts frames must not hold every frame's
+    /// pixels to the end of the pipeline.
     fn needs_pixels(&self) -> bool {
-        true
+        false
     }
 }
 
@@ -155,6 +158,9 @@ pub struct SinkSettings {
     pub overlay: bool,
     pub overlay_alpha: f32,
     pub overlay_encoder: String,
+    /// Largest overlay video (width, height): larger frames are scaled down to fit, keeping
+    /// their aspect ratio, before blending and encoding.
+    pub overlay_max_size: (u32, u32),
     pub class_names: Vec<String>,
     pub reorder_window: usize,
 }
@@ -246,6 +252,7 @@ struct OverlayOutput {
     path: PathBuf,
     encoder: String,
     alpha: f32,
+    max_size: (u32, u32),
     palette: [[u8; 3]; 256],
     writer: Option<OverlayWriter>,
     /// Whether the encoder ever started, i.e. whether the file exists.
@@ -254,20 +261,37 @@ struct OverlayOutput {
 
 impl Observer for OverlayOutput {
     fn observe(&mut self, item: &Segmented) -> Result<(), SinkError> {
+        let frame = &item.frame;
+        let (width, height) = overlay_size(frame.width, frame.height, self.max_size);
         let writer = match self.writer.as_mut() {
             Some(writer) => writer,
             None => {
-                let writer = OverlayWriter::start(&self.path, &self.encoder, item.frame.width, item.frame.height)?;
+                let writer = OverlayWriter::start(&self.path, &self.encoder, width, height)?;
                 self.started = true;
                 self.writer.insert(writer)
             }
         };
-        let blended = blend(&item.frame.bgr, &item.class_map, &self.palette, self.alpha);
-        writer.push(blended, item.frame.width, item.frame.height, item.frame.pts)
+        let mut pixels;
+        let scaled_map;
+        let map = if (width, height) == (frame.width, frame.height) {
+            pixels = frame.bgr.clone();
+            &item.class_map
+        } else {
+            let err = |e: opencv::Error| SinkError::Overlay { path: self.path.clone(), message: format!("scaling the frame down: {e}") };
+            pixels = scale_bgr(&frame.bgr, frame.width, frame.height, width, height).map_err(err)?;
+            scaled_map = scale_class_map(&item.class_map, width, height).map_err(err)?;
+            &scaled_map
+        };
+        blend_in_place(&mut pixels, map, &self.palette, self.alpha);
+        writer.push(pixels, width, height, frame.pts)
     }
 
     fn finish(&mut self) -> Result<(), SinkError> {
         self.writer.take().map_or(Ok(()), OverlayWriter::finish)
+    }
+
+    fn needs_pixels(&self) -> bool {
+        true
     }
 }
 
@@ -309,6 +333,7 @@ impl Sink {
             path: settings.dir.join("overlay.mp4"),
             encoder: settings.overlay_encoder.clone(),
             alpha: settings.overlay_alpha,
+            max_size: settings.overlay_max_size,
             palette: voc_palette(),
             writer: None,
             started: false,
@@ -407,11 +432,10 @@ pub fn colorize(map: &ClassMap, palette: &[[u8; 3]; 256]) -> Vec<u8> {
     bgr
 }
 
-/// Mask colours blended over the frame; background (class 0) pixels keep the frame unchanged.
-pub fn blend(frame_bgr: &[u8], map: &ClassMap, palette: &[[u8; 3]; 256], alpha: f32) -> Vec<u8> {
+/// Mask colours blended over the frame's BGR pixels; background (class 0) pixels stay unchanged.
+pub fn blend_in_place(bgr: &mut [u8], map: &ClassMap, palette: &[[u8; 3]; 256], alpha: f32) {
     let a = (alpha.clamp(0.0, 1.0) * 256.0) as u16;
-    let mut out = frame_bgr.to_vec();
-    for (px, &c) in out.chunks_exact_mut(3).zip(&map.classes) {
+    for (px, &c) in bgr.chunks_exact_mut(3).zip(&map.classes) {
         if c == 0 {
             continue;
         }
@@ -420,7 +444,37 @@ pub fn blend(frame_bgr: &[u8], map: &ClassMap, palette: &[[u8; 3]; 256], alpha: 
             *v = ((*v as u16 * (256 - a) + m as u16 * a) >> 8) as u8;
         }
     }
-    out
+}
+
+/// The overlay video's size for a `width` x `height` frame: the frame's own, or, when it does not
+/// fit in `max`, scaled down to fit with its aspect ratio kept and even sides (4:2:0 encoders
+/// need them). An encoder's memory grows with the picture: openh264 holds about 70 MB at
+/// 3840x2160 and 21 MB at 1920x1080, on top of the frames queued for it.
+pub fn overlay_size(width: u32, height: u32, (max_width, max_height): (u32, u32)) -> (u32, u32) {
+    if width <= max_width && height <= max_height {
+        return (width, height);
+    }
+    let scale = (f64::from(max_width) / f64::from(width)).min(f64::from(max_height) / f64::from(height));
+    let even = |side: u32| (((f64::from(side) * scale).round() as u32) & !1).max(2);
+    (even(width), even(height))
+}
+
+/// Area averaging (no aliasing when shrinking a 4K frame several times).
+fn scale_bgr(bgr: &[u8], width: u32, height: u32, to_width: u32, to_height: u32) -> opencv::Result<Vec<u8>> {
+    let src = Mat::new_rows_cols_with_bytes::<opencv::core::Vec3b>(height as i32, width as i32, bgr)?;
+    let mut dst = Mat::default();
+    let size = opencv::core::Size::new(to_width as i32, to_height as i32);
+    opencv::imgproc::resize(&src, &mut dst, size, 0.0, 0.0, opencv::imgproc::INTER_AREA)?;
+    Ok(dst.data_bytes()?.to_vec())
+}
+
+/// Nearest neighbour with pixel centres aligned, so no class is blended into one that is not there.
+fn scale_class_map(map: &ClassMap, to_width: u32, to_height: u32) -> opencv::Result<ClassMap> {
+    let src = Mat::new_rows_cols_with_bytes::<u8>(map.height as i32, map.width as i32, &map.classes)?;
+    let mut dst = Mat::default();
+    let size = opencv::core::Size::new(to_width as i32, to_height as i32);
+    opencv::imgproc::resize(&src, &mut dst, size, 0.0, 0.0, opencv::imgproc::INTER_NEAREST_EXACT)?;
+    Ok(ClassMap { width: to_width, height: to_height, classes: dst.data_bytes()?.to_vec() })
 }
 
 pub fn write_mask_png(path: &Path, map: &ClassMap, palette: &[[u8; 3]; 256]) -> Result<(), SinkError> {
@@ -480,9 +534,29 @@ mod tests {
     }
 
     #[test]
+    fn overlay_fits_in_the_largest_size_keeping_the_aspect_ratio_with_even_sides() {
+        assert_eq!(overlay_size(640, 480, (1280, 720)), (640, 480), "a frame that fits keeps its size");
+        assert_eq!(overlay_size(3840, 2160, (1280, 720)), (1280, 720));
+        assert_eq!(overlay_size(3840, 2160, (1920, 1920)), (1920, 1080));
+        assert_eq!(overlay_size(1000, 3000, (1280, 720)), (240, 720), "portrait: the height limits");
+        assert_eq!(overlay_size(1001, 999, (500, 500)), (500, 498), "rounded down to even sides");
+    }
+
+    #[test]
+    fn scaled_class_maps_hold_only_classes_that_were_there() {
+        // 4x2 map of two classes in blocks, halved: nearest picks, never a blend of 0 and 15.
+        let map = ClassMap { width: 4, height: 2, classes: vec![0, 0, 15, 15, 0, 0, 15, 15] };
+        let half = scale_class_map(&map, 2, 1).unwrap();
+        assert_eq!((half.width, half.height, half.classes), (2, 1, vec![0, 15]));
+        let bgr = scale_bgr(&[10; 4 * 2 * 3], 4, 2, 2, 1).unwrap();
+        assert_eq!(bgr, vec![10; 2 * 3]);
+    }
+
+    #[test]
     fn blend_keeps_background_and_tints_classes() {
         let map = ClassMap { width: 2, height: 1, classes: vec![0, 1] };
-        let out = blend(&[10, 20, 30, 0, 0, 0], &map, &voc_palette(), 0.5);
+        let mut out = [10, 20, 30, 0, 0, 0];
+        blend_in_place(&mut out, &map, &voc_palette(), 0.5);
         assert_eq!(&out[..3], &[10, 20, 30]);
         assert_eq!(&out[3..], &[0, 0, 64]); // class 1 is red (128,0,0) → BGR, half strength
     }

@@ -48,6 +48,12 @@ impl OverlayWriter {
         // at 4K) that the pipeline's frame budget does not see; one waiting keeps the encoder busy.
         appsrc.set_block(true);
         appsrc.set_max_bytes(u64::from(width) * u64::from(height) * 3);
+        if let Some(bus) = pipeline.bus() {
+            bus.set_sync_handler(|_, message| {
+                crate::gst_support::streaming_threads_yield_to_inference(message);
+                gst::BusSyncReply::Pass
+            });
+        }
         pipeline.set_state(gst::State::Playing).map_err(|e| err(format!("cannot start encoder: {e}")))?;
         Ok(OverlayWriter { path: path.to_path_buf(), pipeline, appsrc, width, height, last_pts: None, pushed: 0 })
     }

@@ -116,22 +116,65 @@ fn writes_metrics_per_image_csv_and_report_for_the_listed_images() {
     assert!(text(&output).contains("4 evaluated"), "{}", text(&output));
 }
 
+/// The bad inputs of a labelled set, each applied to one image of [`voc_folder`]: what it does to
+/// the files, the file the error must name, and a word of the error.
+type Defect = (&'static str, fn(&Path), &'static str, &'static str);
+const DEFECTS: [Defect; 4] = [
+    (
+        "corrupt image",
+        |dir| std::fs::write(dir.join("JPEGImages/img1.jpg"), b"\xFF\xD8 not really a jpeg").unwrap(),
+        "JPEGImages/img1.jpg",
+        "",
+    ),
+    ("missing mask", |dir| std::fs::remove_file(dir.join("SegmentationClass/img0.png")).unwrap(), "SegmentationClass/img0.png", ""),
+    (
+        "size mismatch",
+        |dir| write_palette_png(&dir.join("SegmentationClass/img3.png"), &mask(10, 10)).unwrap(),
+        "SegmentationClass/img3.png",
+        "10x10",
+    ),
+    (
+        "mask value out of range",
+        |dir| {
+            let (w, h) = SIZES[2];
+            let mut bad = mask(w, h);
+            bad.classes[w as usize + 1] = 21;
+            write_palette_png(&dir.join("SegmentationClass/img2.png"), &bad).unwrap();
+        },
+        "SegmentationClass/img2.png",
+        "21",
+    ),
+];
+
 #[test]
 fn bad_images_stop_the_run_naming_the_file_or_are_skipped_and_listed() {
+    for (what, apply, file, word) in DEFECTS {
+        let dir = voc_folder();
+        apply(dir.path());
+        let output = eval_segment(dir.path(), &["--list", "val.txt"]);
+        assert!(!output.status.success(), "{what}: the run must stop");
+        assert!(
+            text(&output).contains(file) && text(&output).contains(word),
+            "{what}: {file} and {word:?} not named in\n{}",
+            text(&output)
+        );
+    }
+
+    // All four at once, skipped: counted in metrics.json and listed in report.md; the one good
+    // image is evaluated.
     let dir = voc_folder();
-    std::fs::write(dir.path().join("JPEGImages/img1.jpg"), b"\xFF\xD8 not really a jpeg").unwrap();
-    write_palette_png(&dir.path().join("SegmentationClass/img3.png"), &mask(10, 10)).unwrap();
-
-    let output = eval_segment(dir.path(), &[]);
-    assert!(!output.status.success());
-    assert!(text(&output).contains("JPEGImages/img1.jpg"), "{}", text(&output));
-
-    let output = eval_segment(dir.path(), &["--skip-bad"]);
+    for (_, apply, _, _) in DEFECTS {
+        apply(dir.path());
+    }
+    std::fs::write(dir.path().join("all.txt"), "img0\nimg1\nimg2\nimg3\nimg4\n").unwrap();
+    let output = eval_segment(dir.path(), &["--list", "all.txt", "--skip-bad"]);
     assert!(output.status.success(), "{}", text(&output));
     let metrics = read_json(&dir.path().join("out/metrics.json"));
-    assert_eq!((metrics["images"].as_u64(), metrics["skipped"].as_u64()), (Some(3), Some(2)));
+    assert_eq!((metrics["images"].as_u64(), metrics["skipped"].as_u64()), (Some(1), Some(4)), "{metrics}");
     let report = std::fs::read_to_string(dir.path().join("out/report.md")).unwrap();
-    assert!(report.contains("JPEGImages/img1.jpg") && report.contains("SegmentationClass/img3.png"), "{report}");
+    for (what, _, file, _) in DEFECTS {
+        assert!(report.contains(file), "{what}: {file} not listed in\n{report}");
+    }
 }
 
 #[test]

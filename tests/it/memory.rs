@@ -147,3 +147,25 @@ fn pixels_no_output_reads_are_freed_after_preprocessing_and_the_run_stays_within
         assert_eq!(summary.dropped, 0);
     }
 }
+
+/// A frame larger than `output.overlay_max_*` is scaled down for the overlay (the encoder's
+/// memory grows with its picture), keeping its aspect ratio; the masks keep the frame's size.
+#[test]
+fn the_overlay_of_a_large_frame_is_scaled_down_to_fit_its_largest_size() {
+    let _machine = common::shared_machine();
+    let dir = tempfile::tempdir().unwrap();
+    let path = edge_config(dir.path(), &short_video(), "");
+    let overrides = ["output.overlay_max_width=100".to_string(), "output.overlay_max_height=100".to_string()];
+    let config = EdgeConfig::load(&path, &overrides).unwrap();
+    let outcome = edgeseg::pipeline::run_observed(&config, &Shutdown::new(), Vec::new()).unwrap();
+    assert!(outcome.error.is_none(), "{:?}", outcome.error);
+    let overlay = dir.path().join("out/overlay.mp4");
+    let params = BTreeMap::from([("location".to_string(), overlay.display().to_string())]);
+    let spec = PipelineSpec::from_file(&common::fixtures().join("pipelines/file.pipeline"), &params).unwrap();
+    let frames = edgeseg::ingest::collect_frames(spec, usize::MAX).unwrap();
+    assert_eq!(frames.len(), common::SHORT_VIDEO_FRAMES, "every frame is in the overlay");
+    assert!(frames.iter().all(|f| (f.width, f.height) == (100, 74)), "160x120 fitted into 100x100 with even sides");
+    let mask =
+        png::Decoder::new(std::io::Cursor::new(std::fs::read(dir.path().join("out/masks/000000.png")).unwrap())).read_info().unwrap();
+    assert_eq!((mask.info().width, mask.info().height), (160, 120), "masks keep the frame's size");
+}
