@@ -267,6 +267,21 @@ enum BenchCommand {
         #[arg(long, value_name = "SPEC")]
         link: Option<edgeseg::bench::link::LinkSpec>,
     },
+    /// What deciding costs against the small network (GFLOPs and ms, both bases).
+    Decision {
+        /// Decision network configuration (encoder, head, networks, SPP).
+        #[arg(long, default_value = "config/dn.toml")]
+        config: PathBuf,
+        /// A trained dn.toml to time (default: a fresh network of the configured shape).
+        #[arg(long)]
+        dn: Option<PathBuf>,
+        /// Input size of the downscaled base.
+        #[arg(long, default_value_t = 129)]
+        downscaled: u32,
+        /// Timed runs of every part.
+        #[arg(long, default_value_t = 200)]
+        runs: usize,
+    },
 }
 
 fn init_logging(format: LogFormat) {
@@ -462,6 +477,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 }
                 BenchCommand::Transport { frames, sizes, concurrency, rounds, link } => {
                     edgeseg::bench::transport(&edgeseg::bench::TransportOptions { frames, sizes, concurrency, rounds, link })?;
+                }
+                BenchCommand::Decision { config, dn, downscaled, runs } => {
+                    let config = edgeseg::decision::config::DnConfig::load(&config, &[])?;
+                    let bench = edgeseg::decision::bench::decision_cost(&config, dn.as_deref(), downscaled, runs.max(1))?;
+                    bench.lines().iter().for_each(|line| println!("{line}"));
                 }
             }
             Ok(ExitCode::SUCCESS)

@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::base::SHARED_INPUT_SIZE;
 use super::spp::SppConfig;
@@ -68,6 +68,41 @@ pub struct ComputeConfig {
 impl Default for ComputeConfig {
     fn default() -> Self {
         ComputeConfig { workers: Count::literal(2), intra_threads: Count::literal(1), cache_dir: PathBuf::from("../out/cache") }
+    }
+}
+
+/// `[inputs]`: what the network reads besides the SPP vector.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InputsConfig {
+    /// Append the small network's own confidence (mean max-softmax, mean entropy / ln 21) to the
+    /// SPP vector. It needs the small network's head on every frame, remote ones too, so a
+    /// frame's decision costs the whole small network (as the confidence baselines do).
+    pub small_confidence: bool,
+}
+
+impl InputsConfig {
+    /// Values appended to the SPP vector.
+    pub fn extra_len(&self) -> usize {
+        if self.small_confidence {
+            2
+        } else {
+            0
+        }
+    }
+
+    /// The network's input for one frame: its SPP vector, then the extra values.
+    /// `confidence` = (mean max-softmax, mean entropy in nats) of the small network's output.
+    pub fn compose(&self, spp: &[f32], confidence: Option<(f32, f32)>) -> Result<Vec<f32>, super::DecisionError> {
+        let mut input = spp.to_vec();
+        if self.small_confidence {
+            let (max_softmax, entropy) = confidence.ok_or_else(|| super::DecisionError::Invalid {
+                what: "decision network input",
+                problem: "the network reads the small network's confidence ([inputs] small_confidence), none was given".into(),
+            })?;
+            input.extend([max_softmax, entropy / (super::VOC_CLASSES.len() as f32).ln()]);
+        }
+        Ok(input)
     }
 }
 
@@ -136,6 +171,7 @@ impl Default for DnOutputConfig {
 pub struct DnConfig {
     pub base: BaseConfig,
     pub spp: SppConfig,
+    pub inputs: InputsConfig,
     pub models: ModelsConfig,
     pub compute: ComputeConfig,
     pub sets: Vec<LabelledSetConfig>,
@@ -272,6 +308,18 @@ mod tests {
     }
 
     #[test]
+    fn confidence_inputs_follow_the_spp_vector() {
+        let spp = [0.5, 1.5];
+        assert_eq!(InputsConfig::default().compose(&spp, None).unwrap(), spp);
+        let with = InputsConfig { small_confidence: true };
+        let input = with.compose(&spp, Some((0.8, 21f32.ln() / 2.0))).unwrap();
+        assert_eq!(input.len(), 2 + with.extra_len());
+        assert_eq!(&input[..3], &[0.5, 1.5, 0.8]);
+        assert!((input[3] - 0.5).abs() < 1e-6, "entropy is scaled by ln 21: {input:?}");
+        assert!(with.compose(&spp, None).unwrap_err().to_string().contains("small_confidence"));
+    }
+
+    #[test]
     fn each_bad_value_is_named_with_its_key() {
         let dir = tempfile::tempdir().unwrap();
         let path = config_file(dir.path(), "");
@@ -280,6 +328,7 @@ mod tests {
             ("base.encoder=/no/enc.onnx", "base.encoder = /no/enc.onnx", "scripts/fixtures"),
             ("spp.levels=[]", "spp.levels = []", "no level"),
             ("spp.pooling=\"median\"", "spp.pooling = median", "unknown variant"),
+            ("inputs.colour=true", "inputs.colour = true", "unknown field"),
             ("models.large=/no.toml", "models.large = /no.toml", "does not exist"),
             ("compute.workers=0", "compute.workers = 0", "is outside 1..=64"),
             ("training.batch_size=0", "training = (settings)", "at least 1"),

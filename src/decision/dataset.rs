@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use super::base::{input_manifest, preprocessing_key, Encoder};
 use super::cache::{content_hash, file_sha256, FeatureCache};
+use super::config::InputsConfig;
 use super::spp::SppConfig;
 use super::store::LabelSource;
 use super::train::Sample;
@@ -96,14 +97,20 @@ impl ImageRecord {
 
     /// The training targets: per-class IoU (0 for classes in neither reference nor the small
     /// network's output), presence (those that count in IoU_img) and gain.
-    pub fn sample(&self) -> Sample {
+    pub fn sample(&self, inputs: &InputsConfig) -> Result<Sample, DecisionError> {
         let totals = self.small_totals();
-        Sample {
-            spp: self.spp.clone(),
+        Ok(Sample {
+            spp: self.input(inputs)?,
             class_iou: totals.iou_or_zero().into_iter().map(|v| v as f32).collect(),
             present: (0..totals.classes()).map(|c| totals.union(c) > 0).collect(),
             gain: self.gain() as f32,
-        }
+        })
+    }
+
+    /// What the decision network reads for this image: the SPP vector and, when `inputs` asks
+    /// for it, the small network's confidence.
+    pub fn input(&self, inputs: &InputsConfig) -> Result<Vec<f32>, DecisionError> {
+        inputs.compose(&self.spp, Some((self.outcome.mean_max_softmax, self.outcome.mean_entropy)))
     }
 }
 
@@ -523,7 +530,7 @@ mod tests {
         // Small: background 0: 6 right, 2 called person; person (15): 2 right; bus (6) predicted
         // on one background pixel. Large: all right.
         let r = record("0>0:6 0>15:2 15>15:2 0>6:1", "0>0:9 15>15:2");
-        let sample = r.sample();
+        let sample = r.sample(&InputsConfig::default()).unwrap();
         // background: 6 / (9 + 6 - 6) = 6/9; person: 2 / (2 + 4 - 2) = 0.5; bus: 0 / 1 = 0.
         assert!((sample.class_iou[0] - 6.0 / 9.0).abs() < 1e-6);
         assert!((sample.class_iou[15] - 0.5).abs() < 1e-6);

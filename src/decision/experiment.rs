@@ -17,7 +17,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::config::{DnConfig, Split};
+use super::config::{DnConfig, InputsConfig, Split};
 use super::dataset::{sample_video, set_sha256, ImageRecord, RecordBuilder, RecordSettings, Source, SourceImages};
 use super::net::{DecisionNet, NetShape, Prediction};
 use super::rule::{remote_score, Rule};
@@ -46,10 +46,21 @@ pub struct PartCosts {
     pub decision_head: f64,
     /// Whether the base shares the small network's input (a local frame reuses its features).
     pub shared: bool,
+    /// Whether the decision network reads the small network's confidence, so that the small
+    /// network runs on every frame before the decision.
+    pub small_on_every_frame: bool,
 }
 
 impl PartCosts {
-    pub fn measure(config: &DnConfig, input_size: u32, decision_shape: &NetShape) -> Result<Self, DecisionError> {
+    /// Costs of `config`'s networks, with the encoder at `input_size` giving `channels` channels
+    /// and a decision head of `decision_shape` reading `inputs`.
+    pub fn measure(
+        config: &DnConfig,
+        input_size: u32,
+        channels: usize,
+        decision_shape: &NetShape,
+        inputs: &InputsConfig,
+    ) -> Result<Self, DecisionError> {
         let gflops = |path: &Path| -> Result<f64, DecisionError> {
             let manifest =
                 ModelManifest::load(path).map_err(|e| DecisionError::Model { manifest: path.to_path_buf(), source: Box::new(e.into()) })?;
@@ -59,7 +70,6 @@ impl PartCosts {
             .map_err(|e| DecisionError::Model { manifest: config.models.small.clone(), source: Box::new(e.into()) })?;
         let small_size = small_manifest.input.width;
         let side = |size: u32| (size as usize - 1) / 8 + 1;
-        let channels = decision_shape.input_len / SppConfig::default().bins().max(1);
         Ok(PartCosts {
             small: gflops(&config.models.small)?,
             large: gflops(&config.models.large)?,
@@ -67,13 +77,18 @@ impl PartCosts {
             head: super::base::part_gflops(&config.base.head, &[1, channels, side(small_size), side(small_size)])?,
             decision_head: decision_shape.flops() as f64 / 1e9,
             shared: input_size == small_size && small_manifest.input.height == small_size,
+            small_on_every_frame: inputs.small_confidence,
         })
     }
 
     /// What a decision-network rule costs per frame.
     pub fn decision_network(&self) -> FrameCost {
         let decision = self.encoder + self.decision_head;
-        if self.shared {
+        if self.small_on_every_frame {
+            // The small network's output is known before deciding: a local frame costs nothing more.
+            let small = if self.shared { self.head } else { self.small };
+            FrameCost { decision: decision + small, local: 0.0, remote: self.large }
+        } else if self.shared {
             FrameCost { decision, local: self.head, remote: self.large }
         } else {
             FrameCost { decision, local: self.small, remote: self.large }
@@ -83,10 +98,11 @@ impl PartCosts {
     /// The decision's own cost against the small network: for a local frame with the shared
     /// base (its features are reused, so only the decision head counts), per frame otherwise.
     pub fn decision_over_small(&self) -> f64 {
+        let cost = self.decision_network();
         if self.shared {
-            (self.encoder + self.decision_head + self.head - self.small) / self.small
+            (cost.decision + cost.local - self.small) / self.small
         } else {
-            (self.encoder + self.decision_head) / self.small
+            cost.decision / self.small
         }
     }
 
@@ -139,11 +155,14 @@ fn routing_set(records: &[ImageRecord]) -> Result<RoutingSet, DecisionError> {
     Ok(RoutingSet::new(records.iter().map(|r| RoutedImage::new(&r.outcome.small, &r.outcome.large)).collect())?)
 }
 
-fn predictions(net: &DecisionNet, records: &[ImageRecord]) -> Result<Vec<Prediction>, DecisionError> {
+fn predictions(net: &DecisionNet, inputs: &InputsConfig, records: &[ImageRecord]) -> Result<Vec<Prediction>, DecisionError> {
     let mut out = Vec::with_capacity(records.len());
     for chunk in records.chunks(256) {
-        let inputs: Vec<f32> = chunk.iter().flat_map(|r| r.spp.iter().copied()).collect();
-        out.extend(net.predict_batch(&inputs, chunk.len())?);
+        let mut batch = Vec::with_capacity(chunk.len() * net.shape().input_len);
+        for record in chunk {
+            batch.extend(record.input(inputs)?);
+        }
+        out.extend(net.predict_batch(&batch, chunk.len())?);
     }
     Ok(out)
 }
@@ -151,15 +170,16 @@ fn predictions(net: &DecisionNet, records: &[ImageRecord]) -> Result<Vec<Predict
 /// Routing figures of `net` on `records`, thresholds chosen on `choose_on` (or on `records`).
 pub fn routing_evaluation(
     net: &DecisionNet,
+    inputs: &InputsConfig,
     presence: f32,
     costs: &PartCosts,
     records: &[ImageRecord],
     choose_on: Option<&[ImageRecord]>,
 ) -> Result<RoutingEvaluation, DecisionError> {
     let set = routing_set(records)?;
-    let evaluated = policies(records, &predictions(net, records)?, presence, costs);
+    let evaluated = policies(records, &predictions(net, inputs, records)?, presence, costs);
     let choosing = match choose_on {
-        Some(records) => Some((routing_set(records)?, policies(records, &predictions(net, records)?, presence, costs))),
+        Some(records) => Some((routing_set(records)?, policies(records, &predictions(net, inputs, records)?, presence, costs))),
         None => None,
     };
     Ok(evaluate(&set, &evaluated, costs.networks(), choosing.as_ref().map(|(s, p)| (s, p.as_slice())), &BUDGETS_POINTS)?)
@@ -234,10 +254,12 @@ pub fn train_from_config(config: &DnConfig, out_dir: Option<&Path>) -> Result<Tr
     let (train_records, train_computed) = builder.build(&train_sources)?;
     let (validation_records, validation_computed) = builder.build(&validation_sources)?;
     let features_s = started.elapsed().as_secs_f64();
-    let train_samples: Vec<_> = train_records.iter().map(ImageRecord::sample).collect();
-    let validation_samples: Vec<_> = validation_records.iter().map(ImageRecord::sample).collect();
+    let sample = |r: &ImageRecord| r.sample(&config.inputs);
+    let train_samples = train_records.iter().map(sample).collect::<Result<Vec<_>, _>>()?;
+    let validation_samples = validation_records.iter().map(sample).collect::<Result<Vec<_>, _>>()?;
     let input_len = train_samples.first().map(|s| s.spp.len()).unwrap_or(0);
-    let shape = NetShape::for_input(input_len);
+    let channels = train_records.first().map_or(0, |r| r.spp.len()) / config.spp.values_per_channel().max(1);
+    let shape = NetShape::for_input(input_len).with_hidden(config.training.hidden);
     let trained = Instant::now();
     let (net, report) = train(&train_samples, &validation_samples, shape, &config.training)?;
     let training_s = trained.elapsed().as_secs_f64();
@@ -252,9 +274,10 @@ pub fn train_from_config(config: &DnConfig, out_dir: Option<&Path>) -> Result<Tr
             encoder: encoder_name,
             encoder_sha256: super::cache::file_sha256(&config.base.encoder)?,
             input_size: config.base.input_size,
-            channels: input_len / config.spp.bins().max(1),
+            channels,
         },
         spp: config.spp.clone(),
+        inputs: config.inputs,
         layers: shape,
         training: TrainingInfo {
             settings: config.training.clone(),
@@ -267,11 +290,11 @@ pub fn train_from_config(config: &DnConfig, out_dir: Option<&Path>) -> Result<Tr
     let dir = out_dir.unwrap_or(&config.output.dir);
     let toml = dir.join("dn.toml");
     store::save(&toml, &net, meta)?;
-    let costs = PartCosts::measure(config, config.base.input_size, &shape)?;
+    let costs = PartCosts::measure(config, config.base.input_size, channels, &shape, &config.inputs)?;
     let validation_routing = if validation_records.is_empty() {
         None
     } else {
-        Some(routing_evaluation(&net, config.training.presence as f32, &costs, &validation_records, None)?)
+        Some(routing_evaluation(&net, &config.inputs, config.training.presence as f32, &costs, &validation_records, None)?)
     };
     Ok(TrainOutcome {
         toml,
@@ -332,9 +355,10 @@ pub fn evaluate_routing(config: &DnConfig, request: &RoutingRequest) -> Result<(
     let sources_of = |args: &[DataArg]| args.iter().map(DataArg::source).collect::<Result<Vec<_>, _>>();
     let (records, _) = builder.build(&sources_of(&request.data)?)?;
     let choosing = if request.choose_on.is_empty() { None } else { Some(builder.build(&sources_of(&request.choose_on)?)?.0) };
-    let costs = PartCosts::measure(config, base.input_size, &loaded.meta.layers)?;
-    let presence = loaded.meta.training.settings.presence as f32;
-    let evaluation = routing_evaluation(&loaded.net, presence, &costs, &records, choosing.as_deref())?;
+    let meta = &loaded.meta;
+    let costs = PartCosts::measure(config, base.input_size, base.channels, &meta.layers, &meta.inputs)?;
+    let presence = meta.training.settings.presence as f32;
+    let evaluation = routing_evaluation(&loaded.net, &meta.inputs, presence, &costs, &records, choosing.as_deref())?;
     let names =
         |args: &[DataArg], count: usize| format!("{} ({count} images)", args.iter().map(DataArg::name).collect::<Vec<_>>().join(" + "));
     let trained_on: Vec<String> = loaded.meta.training.sets.iter().map(|s| format!("{} ({})", s.name, s.images)).collect();
@@ -344,12 +368,13 @@ pub fn evaluate_routing(config: &DnConfig, request: &RoutingRequest) -> Result<(
         chosen_on: choosing.as_ref().map(|c| names(&request.choose_on, c.len())),
         notes: vec![
             format!(
-                "decision network: {} (base {} at {}x{}, SPP {}; trained on {})",
+                "decision network: {} (base {} at {}x{}, SPP {}{}; trained on {})",
                 request.dn.display(),
                 base.encoder,
                 base.input_size,
                 base.input_size,
                 loaded.meta.spp.describe(),
+                if meta.inputs.small_confidence { " + the small network's confidence" } else { "" },
                 trained_on.join(", ")
             ),
             format!(
@@ -365,4 +390,54 @@ pub fn evaluate_routing(config: &DnConfig, request: &RoutingRequest) -> Result<(
     };
     let files = routing_report::write(&evaluation, &context, &request.out)?;
     Ok((evaluation, files))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reference costs: small 1.45 = encoder 1.065 + head 0.385, large 5.48.
+    fn costs(shared: bool, small_on_every_frame: bool) -> PartCosts {
+        let encoder = if shared { 1.065 } else { 0.282 };
+        PartCosts { small: 1.45, large: 5.48, encoder, head: 0.385, decision_head: 0.002, shared, small_on_every_frame }
+    }
+
+    fn close(a: f64, b: f64) {
+        assert!((a - b).abs() < 1e-12, "{a} vs {b}");
+    }
+
+    #[test]
+    fn each_base_pays_what_the_cost_model_says() {
+        // Shared base: encoder + decision head on every frame, the small head on a local one
+        // (so a local frame costs small + decision head), the large network on a remote one.
+        let c = costs(true, false).decision_network();
+        close(c.decision, 1.065 + 0.002);
+        close(c.local, 0.385);
+        close(c.remote, 5.48);
+        close(costs(true, false).decision_over_small(), 0.002 / 1.45);
+        // Downscaled base: encoder at 129 + decision head on every frame, the whole small network on a local one.
+        let c = costs(false, false).decision_network();
+        close(c.decision, 0.282 + 0.002);
+        close(c.local, 1.45);
+        close(costs(false, false).decision_over_small(), 0.284 / 1.45);
+        // Reading the small network's confidence: the whole small network (and the decision head) on every frame.
+        let c = costs(true, true).decision_network();
+        close(c.decision, 1.065 + 0.385 + 0.002);
+        close(c.local, 0.0);
+        close(costs(true, true).decision_over_small(), 0.002 / 1.45);
+        let c = costs(false, true).decision_network();
+        close(c.decision, 0.282 + 1.45 + 0.002);
+    }
+
+    #[test]
+    fn confidence_baselines_run_the_small_network_on_every_frame() {
+        let c = costs(true, false);
+        let policies = policies(&[], &[], 0.5, &c);
+        let cost = |name: &str| policies.iter().find(|p| p.name == name).unwrap().cost;
+        for name in ["max-softmax", "entropy"] {
+            assert_eq!(cost(name), FrameCost { decision: 1.45, local: 0.0, remote: 5.48 }, "{name}");
+        }
+        assert_eq!(cost("random"), FrameCost { decision: 0.0, local: 1.45, remote: 5.48 });
+        assert_eq!(cost("dn-thesis"), c.decision_network());
+    }
 }

@@ -13,6 +13,7 @@
 //! base are written as `dn.safetensors` + `dn.toml` ([`store`]).
 
 pub mod base;
+pub mod bench;
 pub mod cache;
 pub mod config;
 pub mod dataset;

@@ -47,6 +47,11 @@ impl NetShape {
         NetShape { input_len, hidden: 1024, classes: 21, class_hidden: 8 }
     }
 
+    /// [`Self::for_input`] with `hidden` units in the hidden layer.
+    pub fn with_hidden(self, hidden: usize) -> Self {
+        NetShape { hidden, ..self }
+    }
+
     pub fn validate(&self) -> Result<(), DecisionError> {
         let sizes = [self.input_len, self.hidden, self.classes, self.class_hidden];
         if sizes.iter().any(|&s| s == 0 || s > 1 << 20) {

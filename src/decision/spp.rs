@@ -4,7 +4,8 @@
 //!
 //! Layout of the output: level by level in the configured order, bins row-major within a level,
 //! the `C` channel values of a bin together. For levels `[1, 2]` that is `C x (1 + 4)` values:
-//! the whole map, then top-left, top-right, bottom-left, bottom-right.
+//! the whole map, then top-left, top-right, bottom-left, bottom-right. With both poolings
+//! ([`Pooling::MaxAverage`]) a bin holds its `C` maxima, then its `C` averages.
 
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +18,19 @@ use super::DecisionError;
 pub enum Pooling {
     Max,
     Average,
+    /// Both per bin (twice the values): the maximum says whether a pattern occurs anywhere in
+    /// the bin, the average how much of the bin it covers.
+    MaxAverage,
+}
+
+impl Pooling {
+    /// Values per channel and bin.
+    pub fn values(self) -> usize {
+        match self {
+            Pooling::Max | Pooling::Average => 1,
+            Pooling::MaxAverage => 2,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,9 +64,14 @@ impl SppConfig {
         self.levels.iter().map(|&n| (n * n) as usize).sum()
     }
 
+    /// Values per channel of the pooled vector (bins × values per bin).
+    pub fn values_per_channel(&self) -> usize {
+        self.bins() * self.pooling.values()
+    }
+
     /// Length of the pooled vector for features with `channels` channels, whatever their size.
     pub fn output_len(&self, channels: usize) -> usize {
-        channels * self.bins()
+        channels * self.values_per_channel()
     }
 
     /// A stable text form, part of the feature cache key and of `dn.toml`.
@@ -61,6 +80,7 @@ impl SppConfig {
         let pooling = match self.pooling {
             Pooling::Max => "max",
             Pooling::Average => "average",
+            Pooling::MaxAverage => "max-average",
         };
         format!("levels {levels}, {pooling}")
     }
@@ -70,6 +90,30 @@ impl SppConfig {
 /// as SPP-net. Bins overlap by a cell when `len` is not a multiple of `n`, and are never empty.
 fn bin_range(index: usize, bins: usize, len: usize) -> std::ops::Range<usize> {
     (index * len) / bins..((index + 1) * len).div_ceil(bins)
+}
+
+/// One bin of a `width`-wide plane.
+struct Bin {
+    width: usize,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+}
+
+impl Bin {
+    /// Row slices keep the inner loop contiguous (several times faster than a flattened
+    /// iterator over the bin).
+    fn rows<'a>(&'a self, map: &'a [f32]) -> impl Iterator<Item = &'a [f32]> + 'a {
+        self.rows.clone().map(move |y| &map[y * self.width + self.cols.start..y * self.width + self.cols.end])
+    }
+
+    fn max(&self, map: &[f32]) -> f32 {
+        self.rows(map).map(|r| r.iter().copied().fold(f32::NEG_INFINITY, f32::max)).fold(f32::NEG_INFINITY, f32::max)
+    }
+
+    fn average(&self, map: &[f32]) -> f32 {
+        let cells = (self.rows.len() * self.cols.len()) as f32;
+        self.rows(map).map(|r| r.iter().sum::<f32>()).sum::<f32>() / cells
+    }
 }
 
 /// Pools `[channels, height, width]` features (row-major) into `config.output_len(channels)` values.
@@ -89,17 +133,12 @@ pub fn spp(features: &[f32], channels: usize, height: usize, width: usize, confi
             let rows = bin_range(by, n, height);
             for bx in 0..n {
                 let cols = bin_range(bx, n, width);
-                let cells = (rows.len() * cols.len()) as f32;
-                for map in features.chunks_exact(plane) {
-                    // Row slices keep the inner loop contiguous (several times faster than a
-                    // flattened iterator over the bin).
-                    let row_values = rows.clone().map(|y| &map[y * width + cols.start..y * width + cols.end]);
-                    out.push(match config.pooling {
-                        Pooling::Max => {
-                            row_values.map(|r| r.iter().copied().fold(f32::NEG_INFINITY, f32::max)).fold(f32::NEG_INFINITY, f32::max)
-                        }
-                        Pooling::Average => row_values.map(|r| r.iter().sum::<f32>()).sum::<f32>() / cells,
-                    });
+                let bin = Bin { width, rows: rows.clone(), cols };
+                if matches!(config.pooling, Pooling::Max | Pooling::MaxAverage) {
+                    out.extend(features.chunks_exact(plane).map(|map| bin.max(map)));
+                }
+                if matches!(config.pooling, Pooling::Average | Pooling::MaxAverage) {
+                    out.extend(features.chunks_exact(plane).map(|map| bin.average(map)));
                 }
             }
         }
@@ -119,9 +158,9 @@ mod tests {
     fn output_length_does_not_depend_on_the_input_size() {
         for (h, w) in [(33, 33), (17, 17), (1, 1), (2, 7), (40, 3)] {
             let features: Vec<f32> = (0..160 * h * w).map(|i| (i % 13) as f32).collect();
-            for pooling in [Pooling::Max, Pooling::Average] {
+            for pooling in [Pooling::Max, Pooling::Average, Pooling::MaxAverage] {
                 let pooled = spp(&features, 160, h, w, &config(pooling)).unwrap();
-                assert_eq!(pooled.len(), 160 * 5, "{h}x{w}");
+                assert_eq!(pooled.len(), 160 * 5 * pooling.values(), "{h}x{w}");
                 assert_eq!(pooled.len(), config(pooling).output_len(160));
             }
         }
@@ -150,6 +189,13 @@ mod tests {
         let expect_avg = [5.0, -5.0, 3.0, -3.0, 4.0, -4.0, 6.0, -6.0, 7.0, -7.0];
         for (a, e) in avg.iter().zip(expect_avg) {
             assert!((a - e).abs() < 1e-6, "{avg:?}");
+        }
+        // Both: per bin the maxima of the two channels, then their averages.
+        let both = spp(&features, 2, 3, 3, &config(Pooling::MaxAverage)).unwrap();
+        let expect_both: Vec<f32> = expect_max.chunks(2).zip(expect_avg.chunks(2)).flat_map(|(m, a)| m.iter().chain(a).copied()).collect();
+        assert_eq!(both.len(), 20);
+        for (b, e) in both.iter().zip(&expect_both) {
+            assert!((b - e).abs() < 1e-6, "{both:?}");
         }
     }
 

@@ -14,6 +14,7 @@ use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
 use super::cache::{content_hash, file_sha256};
+use super::config::InputsConfig;
 use super::net::{DecisionNet, NetShape};
 use super::spp::SppConfig;
 use super::train::{TrainConfig, ValidationMetrics};
@@ -74,6 +75,9 @@ pub struct DecisionNetMeta {
     pub classes: Vec<String>,
     pub base: BaseInfo,
     pub spp: SppConfig,
+    /// What follows the SPP vector in the input (nothing for networks without an `[inputs]`).
+    #[serde(default)]
+    pub inputs: InputsConfig,
     pub layers: NetShape,
     pub training: TrainingInfo,
     /// The last validation pass, if there was a validation set.
@@ -92,11 +96,12 @@ impl DecisionNetMeta {
         }
         self.spp.validate().map_err(|e| DecisionError::Metadata { path: path.to_path_buf(), message: format!("spp: {e}") })?;
         let spp_len = self.spp.output_len(self.base.channels);
-        if spp_len != self.layers.input_len {
+        if spp_len + self.inputs.extra_len() != self.layers.input_len {
             return bad(format!(
-                "SPP of {} channels with {} gives {spp_len} values, but layers.input_len = {}",
+                "SPP of {} channels with {} gives {spp_len} values (+ {} other inputs), but layers.input_len = {}",
                 self.base.channels,
                 self.spp.describe(),
+                self.inputs.extra_len(),
                 self.layers.input_len
             ));
         }
@@ -130,7 +135,7 @@ impl LoadedDecisionNet {
         if base.input_size != input_size {
             return mismatch(format!("base input size {} in its dn.toml, {input_size} configured", base.input_size));
         }
-        let produced = spp.output_len(channels);
+        let produced = spp.output_len(channels) + self.meta.inputs.extra_len();
         if produced != self.meta.layers.input_len || *spp != self.meta.spp {
             return mismatch(format!(
                 "the base gives {produced} SPP values ({channels} channels, {}), the network takes {} ({})",
@@ -215,6 +220,7 @@ mod tests {
             classes: VOC_CLASSES[..shape.classes].iter().map(|s| s.to_string()).collect(),
             base: BaseInfo { encoder: "small_encoder.onnx".into(), encoder_sha256: content_hash(b"enc"), input_size: 257, channels: 4 },
             spp: SppConfig { levels: vec![1, 2], pooling: Pooling::Max },
+            inputs: InputsConfig::default(),
             layers: shape,
             training: TrainingInfo {
                 settings: TrainConfig::default(),
@@ -319,5 +325,28 @@ mod tests {
         assert!(loaded.check_base(&content_hash(b"enc"), 257, 4, &avg).is_err());
         std::fs::write(&toml_path, "format = 1\n").unwrap();
         assert!(matches!(load(&toml_path).unwrap_err(), DecisionError::Metadata { .. }));
+    }
+
+    #[test]
+    fn confidence_inputs_count_in_the_input_length() {
+        // 4 channels x 5 bins + 2 confidence values = 22 inputs.
+        let shape = NetShape { input_len: 22, ..shape() };
+        let dir = tempfile::tempdir().unwrap();
+        let toml_path = dir.path().join("dn.toml");
+        let net = DecisionNet::new_seeded(shape, 3).unwrap();
+        let mut without = meta(shape);
+        assert!(save(&toml_path, &net, without.clone()).is_err(), "22 inputs without [inputs] do not add up");
+        without.inputs.small_confidence = true;
+        save(&toml_path, &net, without).unwrap();
+        let loaded = load(&toml_path).unwrap();
+        assert!(loaded.meta.inputs.small_confidence);
+        loaded.check_base(&content_hash(b"enc"), 257, 4, &loaded.meta.spp.clone()).unwrap();
+        // A dn.toml written before [inputs] existed reads as SPP only.
+        let (_dir, old_path, _) = saved();
+        let mut table: toml::Table = toml::from_str(&std::fs::read_to_string(&old_path).unwrap()).unwrap();
+        table.remove("inputs").expect("dn.toml has [inputs]");
+        let stripped = toml::to_string(&table).unwrap();
+        std::fs::write(&old_path, stripped).unwrap();
+        assert!(!load(&old_path).unwrap().meta.inputs.small_confidence);
     }
 }

@@ -67,6 +67,8 @@ pub enum OptimizerKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
+    /// Units of the hidden layer (the thesis's FC 1024).
+    pub hidden: usize,
     pub max_iterations: usize,
     pub batch_size: usize,
     pub base_lr: f64,
@@ -94,6 +96,7 @@ fn yes() -> bool {
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
+            hidden: 1024,
             max_iterations: 3000,
             batch_size: 20,
             base_lr: 0.001,
@@ -114,10 +117,10 @@ impl Default for TrainConfig {
 impl TrainConfig {
     pub fn validate(&self) -> Result<(), DecisionError> {
         let invalid = |problem: String| Err(DecisionError::Invalid { what: "training settings", problem });
-        if self.max_iterations == 0 || self.batch_size == 0 || self.validate_every == 0 {
+        if self.max_iterations == 0 || self.batch_size == 0 || self.validate_every == 0 || self.hidden == 0 {
             return invalid(format!(
-                "max_iterations = {}, batch_size = {}, validate_every = {}: each must be at least 1",
-                self.max_iterations, self.batch_size, self.validate_every
+                "hidden = {}, max_iterations = {}, batch_size = {}, validate_every = {}: each must be at least 1",
+                self.hidden, self.max_iterations, self.batch_size, self.validate_every
             ));
         }
         let finite_positive = |v: f64, allow_zero: bool| v.is_finite() && (v > 0.0 || allow_zero && v == 0.0);

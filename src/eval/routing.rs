@@ -151,6 +151,11 @@ pub struct Choice {
     pub chosen: Point,
     /// The same threshold on the evaluated set.
     pub realised: Point,
+    /// The chosen point's remote fraction kept on the evaluated set instead of its threshold
+    /// (the smallest cut sending at least that share remote): what a deployment gets whose
+    /// threshold follows a running quantile of the policy's values, which survives a shift of
+    /// the values between sets that a fixed threshold does not.
+    pub realised_at_fraction: Point,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -349,6 +354,11 @@ pub fn choose(candidates: &[Point], budget_points: f64) -> Option<&Point> {
         .max_by(|a, b| a.total_reduction.total_cmp(&b.total_reduction).then_with(|| b.drop_points.total_cmp(&a.drop_points)))
 }
 
+/// The point of a fraction sweep with the smallest remote fraction of at least `remote_fraction`.
+pub fn at_fraction(points: &[Point], remote_fraction: f64) -> Option<&Point> {
+    points.iter().filter(|p| p.remote_fraction >= remote_fraction - 1e-9).min_by(|a, b| a.remote_fraction.total_cmp(&b.remote_fraction))
+}
+
 /// Thresholds 0, 0.01, …, 1.
 pub fn threshold_grid() -> Vec<f64> {
     let steps = (1.0 / THRESHOLD_STEP).round() as usize;
@@ -387,7 +397,8 @@ pub fn evaluate(
             .filter_map(|&budget| {
                 let chosen = choose(&candidates, budget)?.clone();
                 let realised = set.measure(&set.route(values.as_ref(), chosen.threshold), policy.cost, networks, chosen.threshold);
-                Some(Choice { budget_points: budget, threshold: chosen.threshold, chosen, realised })
+                let realised_at_fraction = at_fraction(&fractions, chosen.remote_fraction)?.clone();
+                Some(Choice { budget_points: budget, threshold: chosen.threshold, chosen, realised, realised_at_fraction })
             })
             .collect();
         results.push(PolicyResult {
@@ -551,6 +562,10 @@ mod tests {
         // Realised on the evaluated values: 0.2 ≤ 0.3 → A remote, B and C local.
         let realised = s.measure(&[0.0, 1.0, 1.0], PLAIN, NETS, 0.3);
         assert_eq!(choice.realised, realised);
+        // At the chosen remote fraction (1/3) instead: the evaluated values' lowest (A) goes remote.
+        close(choice.realised_at_fraction.remote_fraction, 1.0 / 3.0);
+        assert_eq!(choice.realised_at_fraction.miou, realised.miou);
+        close(choice.realised_at_fraction.threshold, (0.2 + 0.8) / 2.0);
         // No drop at all: B and C remote (A is segmented alike by both), the cheapest such cut.
         let strict = evaluate(&s, &evaluated, NETS, Some((&s, &choosing)), &[0.0]).unwrap();
         close(strict.policies[0].choices[0].chosen.drop_points, 0.0);
