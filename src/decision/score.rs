@@ -109,6 +109,14 @@ impl DecisionScore {
     /// are prepared).
     pub fn load(config: &DecisionConfig, small: &ModelManifest) -> Result<Self, DecisionError> {
         let loaded = store::load(&config.network)?;
+        if loaded.meta.inputs.small_confidence {
+            return Err(DecisionError::Metadata {
+                path: config.network.clone(),
+                message: "this network also reads the small network's confidence ([inputs] small_confidence), which the \
+                          pipeline computes only after deciding; it serves `eval routing` only (train one without it for the edge)"
+                    .into(),
+            });
+        }
         let base = &loaded.meta.base;
         let encoder = Encoder::load(&config.encoder, small, base.input_size, config.intra_threads.get())?;
         loaded.check_base(encoder.sha256(), base.input_size, base.channels, &loaded.meta.spp)?;
