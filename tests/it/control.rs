@@ -454,9 +454,12 @@ fn an_overloaded_worker_makes_the_threshold_fall_and_fallbacks_stop_growing() {
     assert!(overloaded > 0, "the worker is overloaded:\n{report}");
     let last_tick = &run.ticks.last().expect("ticks").1;
     assert!(number(last_tick, "/threshold") < 0.6, "the threshold fell:\n{report}");
-    let remote_driven =
-        run.ticks.iter().any(|(_, t)| t["driver"] == "remote fallbacks" && t["reason"].as_str().is_some_and(|r| r.contains("lowering")));
-    assert!(remote_driven, "a tick says the fallbacks lowered it:\n{report}");
+    // Fallbacks, a slow round trip or the remote queue: whichever sign of the overloaded worker
+    // the controller read first (on a loaded machine the round trip often comes first).
+    let remote_driven = run.ticks.iter().any(|(_, t)| {
+        t["driver"].as_str().is_some_and(|d| d.starts_with("remote ")) && t["reason"].as_str().is_some_and(|r| r.contains("lowering"))
+    });
+    assert!(remote_driven, "a tick says the remote's health lowered it:\n{report}");
     assert!(last * 2 < first, "fallbacks stop growing:\n{report}");
     assert_complete_and_in_order(&run.records, FRAMES as usize);
 }
