@@ -261,8 +261,8 @@ enum BenchCommand {
         calm_s: f64,
         #[arg(long, default_value_t = 15.0)]
         loaded_s: f64,
-        /// Spinning threads of the hog, on the device's CPU.
-        #[arg(long, default_value_t = 16)]
+        /// Spinning threads of the hog, on the device's CPU (8 leave the edge about a sixth of it).
+        #[arg(long, default_value_t = 8)]
         hog_threads: usize,
     },
     /// QUIC versus a plain TCP baseline on loopback (or an emulated impaired link), same encoded frames.

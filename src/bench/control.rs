@@ -301,13 +301,14 @@ const LIVE_REPLAY: &str = "filesrc location=\"${location}\" ! decodebin ! videoc
 /// than the mode), writes `bench-control.json` and each mode's outputs into `options.out`.
 pub fn control(config: &EdgeConfig, options: &ControlBenchOptions) -> Result<ControlBench, BenchError> {
     let setup = |what: &str, e: &dyn std::fmt::Display| BenchError::Setup(format!("{what}: {e}"));
-    std::fs::create_dir_all(&options.out).map_err(|e| setup(&options.out.display().to_string(), &e))?;
+    // Absolute, as the worker's config names files in it.
+    let out = std::path::absolute(&options.out).map_err(|e| setup(&options.out.display().to_string(), &e))?;
+    std::fs::create_dir_all(&out).map_err(|e| setup(&out.display().to_string(), &e))?;
     let placement = device_and_remote();
     let (device, remote) = (placement.as_ref().map(|p| p.0.clone()), placement.as_ref().map(|p| p.1.clone()));
-    let pki =
-        crate::remote::tls::generate_dev_pki(&options.out.join("pki"), &["localhost".into(), "127.0.0.1".into()], &["edge".into()], true)?;
+    let pki = crate::remote::tls::generate_dev_pki(&out.join("pki"), &["localhost".into(), "127.0.0.1".into()], &["edge".into()], true)?;
     let threads = remote.as_ref().map_or(1, |r| r.cpus.len().min(64));
-    let worker_toml_path = options.out.join("worker.toml");
+    let worker_toml_path = out.join("worker.toml");
     let large_model = std::path::absolute(&options.large_model).map_err(|e| setup(&options.large_model.display().to_string(), &e))?;
     let toml = worker_toml(&config.remote.model, &large_model, &pki.worker, ([127, 0, 0, 1], 0).into(), threads, "");
     std::fs::write(&worker_toml_path, toml).map_err(|e| setup(&worker_toml_path.display().to_string(), &e))?;
@@ -317,7 +318,7 @@ pub fn control(config: &EdgeConfig, options: &ControlBenchOptions) -> Result<Con
         Some(device) => on_thread(Some(device.clone()), || ())?.1,
         None => false,
     };
-    let pipeline = options.out.join("live-replay.pipeline");
+    let pipeline = out.join("live-replay.pipeline");
     std::fs::write(&pipeline, format!("{LIVE_REPLAY}\n")).map_err(|e| setup(&pipeline.display().to_string(), &e))?;
 
     let mut modes = Vec::new();
@@ -332,7 +333,7 @@ pub fn control(config: &EdgeConfig, options: &ControlBenchOptions) -> Result<Con
         edge.remote.server_name = "localhost".into();
         edge.remote.tls = Some(pki.clients[0].1.clone());
         edge.control.mode = mode;
-        edge.output.dir = options.out.join(mode.name());
+        edge.output.dir = out.join(mode.name());
         edge.output.overlay = false;
         edge.output.masks = false;
         std::fs::create_dir_all(&edge.output.dir).map_err(|e| setup(&edge.output.dir.display().to_string(), &e))?;
@@ -365,7 +366,7 @@ pub fn control(config: &EdgeConfig, options: &ControlBenchOptions) -> Result<Con
         prioritised,
         modes,
     };
-    let json = options.out.join("bench-control.json");
+    let json = out.join("bench-control.json");
     let text = serde_json::to_string_pretty(&bench).map_err(|e| setup("bench-control.json", &e))?;
     std::fs::write(&json, text).map_err(|e| setup(&json.display().to_string(), &e))?;
     Ok(bench)

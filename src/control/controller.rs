@@ -83,6 +83,8 @@ pub struct RemoteSignals {
 pub struct TickSignals {
     /// Frames waiting for the small network, averaged over the tick.
     pub local_queue: f32,
+    /// Frames sent remote during the tick because the local backlog was above its target.
+    pub spilled: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub local_latency_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -146,6 +148,8 @@ struct Vote {
 struct Window {
     frames: u32,
     remote: u32,
+    /// Frames the local queue's backlog sent remote although they scored above the threshold.
+    spilled: u32,
     samples: u32,
     local_backlog: f64,
     remote_queue: f64,
@@ -239,7 +243,11 @@ impl Controller {
         let routed = match permit {
             Permit::Denied(why) => Routed { route: Route::Local, note: Some(why) },
             Permit::Probe => Routed { route: Route::Remote, note: Some("breaker half-open: probe".to_string()) },
-            Permit::Allowed => self.route_allowed(score, signals),
+            Permit::Allowed => {
+                let routed = self.route_allowed(score, signals);
+                self.window.spilled += u32::from(routed.route == Route::Remote && score > self.threshold);
+                routed
+            }
         };
         self.window.frames += 1;
         self.window.remote += u32::from(routed.route == Route::Remote);
@@ -288,7 +296,8 @@ impl Controller {
         }
         let fresh = now.saturating_duration_since(self.kept_local_at) < SHARE_TIME_CONSTANT;
         let local_latency_ms = signals.local_latency_ms.filter(|_| fresh);
-        let tick_signals = TickSignals { local_queue, local_latency_ms, cpu: signals.cpu, battery: signals.battery, remote };
+        let tick_signals =
+            TickSignals { local_queue, spilled: window.spilled, local_latency_ms, cpu: signals.cpu, battery: signals.battery, remote };
 
         let (vote, step) = match self.config.mode {
             ControlMode::Fixed => {
@@ -425,6 +434,12 @@ impl Controller {
             error: edge_error(f64::from((s.local_queue - c.target_local_queue) / c.target_local_queue)),
             text: format!("local queue {:.1} against target {:.1}", s.local_queue, c.target_local_queue),
         }];
+        // Spilling holds the backlog near its target, so the queue alone would understate how far
+        // behind the edge is: while frames spill, the edge votes as if far behind, so that the
+        // threshold takes over from the spill.
+        if s.spilled > 0 {
+            edge.push(Vote { driver: "spill", error: 1.0, text: format!("{} frames spilled to remote", s.spilled) });
+        }
         let target_ms = c.target_latency_ms.units() as f64;
         if let (true, Some(latency)) = (target_ms > 0.0, s.local_latency_ms) {
             edge.push(Vote {
@@ -787,6 +802,10 @@ mod tests {
         scene.local = 3;
         let signals = scene.signals();
         assert_eq!(c.route(0.99, &signals).note.as_deref(), Some("local queue above its target: spilled to remote"));
+        // The next tick hands over to the threshold: spilling votes as a backlog far above target.
+        let tick = scene.run_tick(&mut c, 1, 0.0).expect("a tick");
+        assert_eq!((tick.driver, tick.error, tick.signals.spilled), ("spill", 1.0, 1), "{tick:?}");
+        assert_eq!(tick.reason, "1 frames spilled to remote: raising");
         let mut fixed = Controller::new(&config(ControlMode::Fixed), Duration::from_millis(500), scene.at);
         assert_eq!(fixed.route(0.99, &signals), Routed { route: Route::Local, note: None }, "only the adaptive mode spills");
         scene.local = 0;
