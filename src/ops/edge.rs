@@ -265,4 +265,8 @@ impl Observer for FrameTally {
         shared.frames_out.fetch_add(1, Ordering::Release);
         Ok(())
     }
+
+    fn needs_pixels(&self) -> bool {
+        false
+    }
 }

@@ -47,6 +47,10 @@ impl Observer for RouteCounter {
         self.0.record(frame.frame.captured_at, frame.source.label(), frame.decision.as_ref().and_then(|d| d.threshold));
         Ok(())
     }
+
+    fn needs_pixels(&self) -> bool {
+        false
+    }
 }
 
 /// What the ingest counted.
