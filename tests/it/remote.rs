@@ -238,7 +238,8 @@ fn real_large_network_segments_people_over_the_remote_path() {
 }
 
 /// `[remote]` keys for the restart tests: a short deadline and quick reconnection attempts.
-pub(crate) const RESTART_REMOTE_SETTINGS: &str = "deadline_ms = 300\nreconnect_min_ms = 50\nreconnect_max_ms = 200\nconnect_timeout_ms = 500";
+pub(crate) const RESTART_REMOTE_SETTINGS: &str =
+    "deadline_ms = 300\nreconnect_min_ms = 50\nreconnect_max_ms = 200\nconnect_timeout_ms = 500";
 
 #[test]
 fn worker_killed_and_restarted_loses_no_frame() {
