@@ -13,7 +13,10 @@
 //!   on one side and clients on the other, and adds a camera-like stream: frames at a steady
 //!   rate over one connection, where TCP's in-order delivery makes a loss in one frame hold up
 //!   the frames behind it and QUIC's stream per frame does not.
+//! * `control` ([`control`]): a live replay with a CPU hog midway under fixed and adaptive
+//!   control: drops, latency, remote share, agreement with the large network.
 
+pub mod control;
 pub mod link;
 
 use std::collections::VecDeque;

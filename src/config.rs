@@ -563,7 +563,7 @@ pub struct ControlConfig {
     pub rtt_high: f32,
     /// Share of remote frames falling back above which the remote counts as failing.
     pub max_fallback_rate: f32,
-    /// Adaptive mode: a frame that would wait on a full local queue goes remote instead.
+    /// Adaptive mode: a frame that would wait behind more than `target_local_queue` frames goes remote instead.
     pub spill: bool,
     /// Consecutive remote failures that open the circuit breaker, and how long it stays open.
     pub breaker_failures: Count<100_000>,
@@ -588,7 +588,7 @@ impl Default for ControlConfig {
             max_rate: 0.5,
             remote_budget: 1.0,
             target_local_queue: 2.0,
-            target_latency_ms: Millis::new(0),
+            target_latency_ms: Millis::new(250),
             cpu_high: 0.9,
             cpu_weight: 0.5,
             rtt_high: 0.6,

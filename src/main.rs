@@ -247,6 +247,24 @@ enum BenchCommand {
         #[command(flatten)]
         edge: EdgeArgs,
     },
+    /// A live replay with a CPU hog started midway, under fixed and then adaptive control:
+    /// frames dropped, p50/p99 latency, remote share, agreement with the large network.
+    /// --out is the folder for both runs' outputs [default: out/bench-control].
+    Control {
+        #[command(flatten)]
+        edge: EdgeArgs,
+        /// Manifest of the worker's network [default: models/deeplab-large-fp32.toml with the assets, else models/large.toml].
+        #[arg(long)]
+        large_model: Option<PathBuf>,
+        /// Seconds of replay before the hog, and with it.
+        #[arg(long, default_value_t = 5.0)]
+        calm_s: f64,
+        #[arg(long, default_value_t = 15.0)]
+        loaded_s: f64,
+        /// Spinning threads of the hog, on the device's CPU (8 leave the edge about a sixth of it).
+        #[arg(long, default_value_t = 8)]
+        hog_threads: usize,
+    },
     /// QUIC versus a plain TCP baseline on loopback (or an emulated impaired link), same encoded frames.
     Transport {
         /// Frames per size and transport [default: 200, 100 with --link].
@@ -474,6 +492,22 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 BenchCommand::Pipeline { edge } => {
                     let config = edge.load()?;
                     edgeseg::bench::pipeline(&config)?;
+                }
+                BenchCommand::Control { edge, large_model, calm_s, loaded_s, hog_threads } => {
+                    use edgeseg::bench::control;
+                    let config = edge.load()?;
+                    let options = control::ControlBenchOptions {
+                        video: edge.input.clone().unwrap_or_else(control::default_video),
+                        large_model: large_model.unwrap_or_else(control::default_large_model),
+                        calm: std::time::Duration::try_from_secs_f64(calm_s).context("--calm-s")?,
+                        loaded: std::time::Duration::try_from_secs_f64(loaded_s).context("--loaded-s")?,
+                        hog_threads,
+                        out: edge.out.clone().unwrap_or_else(|| PathBuf::from("out/bench-control")),
+                    };
+                    let bench = control::control(&config, &options)?;
+                    println!("{}", control::describe(&bench));
+                    print!("{}", control::table(&bench));
+                    println!("  wrote {}", options.out.join("bench-control.json").display());
                 }
                 BenchCommand::Transport { frames, sizes, concurrency, rounds, link } => {
                     edgeseg::bench::transport(&edgeseg::bench::TransportOptions { frames, sizes, concurrency, rounds, link })?;

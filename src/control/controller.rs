@@ -44,9 +44,6 @@ use crate::metrics::RemoteHealthSnapshot;
 pub const LOCAL_QUEUES: [&str; 2] = ["local", "prepared"];
 /// The queue the decision stage feeds the remote path through.
 pub const REMOTE_QUEUE: &str = "remote";
-/// The queue a full local path makes the decision stage wait on.
-const LOCAL_ENTRY_QUEUE: &str = "local";
-
 /// How quickly the measured remote share and fallback rate follow the frames: roughly the
 /// last two seconds count, whatever the frame rate.
 const SHARE_TIME_CONSTANT: Duration = Duration::from_secs(2);
@@ -86,6 +83,8 @@ pub struct RemoteSignals {
 pub struct TickSignals {
     /// Frames waiting for the small network, averaged over the tick.
     pub local_queue: f32,
+    /// Frames sent remote during the tick because the local backlog was above its target.
+    pub spilled: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub local_latency_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -149,6 +148,8 @@ struct Vote {
 struct Window {
     frames: u32,
     remote: u32,
+    /// Frames the local queue's backlog sent remote although they scored above the threshold.
+    spilled: u32,
     samples: u32,
     local_backlog: f64,
     remote_queue: f64,
@@ -171,6 +172,8 @@ pub struct Controller {
     previous_remote: Option<RemoteHealthSnapshot>,
     /// When the remote path last had frames sent or in flight.
     remote_busy_at: Instant,
+    /// When a tick last saw a frame kept local.
+    kept_local_at: Instant,
     /// Whether every remote vote of the last tick was positive: only then are frames spilled
     /// there (a failing remote would give them back to the full local queue).
     remote_has_room: bool,
@@ -199,6 +202,7 @@ impl Controller {
             fallback_rate: 0.0,
             previous_remote: None,
             remote_busy_at: now,
+            kept_local_at: now,
             remote_has_room: true,
             threshold: config.threshold,
             reason: format!("{} threshold {:.2} (start)", config.mode.name(), config.threshold),
@@ -239,7 +243,11 @@ impl Controller {
         let routed = match permit {
             Permit::Denied(why) => Routed { route: Route::Local, note: Some(why) },
             Permit::Probe => Routed { route: Route::Remote, note: Some("breaker half-open: probe".to_string()) },
-            Permit::Allowed => self.route_allowed(score, signals),
+            Permit::Allowed => {
+                let routed = self.route_allowed(score, signals);
+                self.window.spilled += u32::from(routed.route == Route::Remote && score > self.threshold);
+                routed
+            }
         };
         self.window.frames += 1;
         self.window.remote += u32::from(routed.route == Route::Remote);
@@ -251,12 +259,12 @@ impl Controller {
         if score > self.threshold {
             let spill = self.config.mode == ControlMode::Adaptive
                 && self.config.spill
-                && full(LOCAL_ENTRY_QUEUE)
+                && signals.depth(&LOCAL_QUEUES) as f32 > self.config.target_local_queue
                 && !full(REMOTE_QUEUE)
                 && self.remote_has_room
                 && self.remote_fraction < self.config.remote_budget;
             return if spill {
-                Routed { route: Route::Remote, note: Some("local queue full: spilled to remote".to_string()) }
+                Routed { route: Route::Remote, note: Some("local queue above its target: spilled to remote".to_string()) }
             } else {
                 Routed { route: Route::Local, note: None }
             };
@@ -281,8 +289,15 @@ impl Controller {
         }
         let remote = signals.remote.as_ref().map(|health| self.remote_signals(now, health, remote_queue, follow));
         self.remote_has_room = remote.as_ref().is_some_and(|r| self.remote_votes(r).iter().all(|v| v.error > 0.0));
+        // The latency of local frames says nothing once none has been kept local for a while (it
+        // would hold a threshold at its maximum with the last slow frame's age).
+        if window.frames > window.remote {
+            self.kept_local_at = now;
+        }
+        let fresh = now.saturating_duration_since(self.kept_local_at) < SHARE_TIME_CONSTANT;
+        let local_latency_ms = signals.local_latency_ms.filter(|_| fresh);
         let tick_signals =
-            TickSignals { local_queue, local_latency_ms: signals.local_latency_ms, cpu: signals.cpu, battery: signals.battery, remote };
+            TickSignals { local_queue, spilled: window.spilled, local_latency_ms, cpu: signals.cpu, battery: signals.battery, remote };
 
         let (vote, step) = match self.config.mode {
             ControlMode::Fixed => {
@@ -419,6 +434,12 @@ impl Controller {
             error: edge_error(f64::from((s.local_queue - c.target_local_queue) / c.target_local_queue)),
             text: format!("local queue {:.1} against target {:.1}", s.local_queue, c.target_local_queue),
         }];
+        // Spilling holds the backlog near its target, so the queue alone would understate how far
+        // behind the edge is: while frames spill, the edge votes as if far behind, so that the
+        // threshold takes over from the spill.
+        if s.spilled > 0 {
+            edge.push(Vote { driver: "spill", error: 1.0, text: format!("{} frames spilled to remote", s.spilled) });
+        }
         let target_ms = c.target_latency_ms.units() as f64;
         if let (true, Some(latency)) = (target_ms > 0.0, s.local_latency_ms) {
             edge.push(Vote {
@@ -512,12 +533,13 @@ mod tests {
         remote: RemoteHealthSnapshot,
         battery: Option<Battery>,
         cpu: Option<f32>,
+        latency_ms: Option<f64>,
     }
 
     impl Scene {
         fn new() -> Self {
             let remote = RemoteHealthSnapshot { connected_workers: 1, rtt_ms: 40.0, ..RemoteHealthSnapshot::default() };
-            Scene { at: Instant::now(), local: 0, remote_queue: 0, remote, battery: None, cpu: None }
+            Scene { at: Instant::now(), local: 0, remote_queue: 0, remote, battery: None, cpu: None, latency_ms: None }
         }
 
         fn signals(&self) -> Signals {
@@ -529,7 +551,7 @@ mod tests {
                     q("prepared", self.local.min(4)),
                     q("remote", self.remote_queue),
                 ],
-                local_latency_ms: None,
+                local_latency_ms: self.latency_ms,
                 cpu: self.cpu,
                 battery: self.battery,
                 remote: Some(self.remote.clone()),
@@ -675,6 +697,27 @@ mod tests {
     }
 
     #[test]
+    fn slow_local_frames_raise_the_threshold_while_some_stay_local() {
+        let mut scene = Scene::new();
+        let config = ControlConfig { threshold_max: 1.0, ..config(ControlMode::Adaptive) };
+        let mut c = Controller::new(&config, Duration::from_millis(500), scene.at);
+        // A short queue of slow frames: the latency (600 ms against 250) speaks for the edge.
+        scene.local = 1;
+        scene.latency_ms = Some(600.0);
+        let ticks = run(&mut scene, &mut c, 30, 0.0);
+        let rising = &ticks[3];
+        assert_eq!((rising.driver, rising.error), ("local latency", 1.0), "{rising:?}");
+        assert!(rising.reason.starts_with("local frames ready after 600 ms against target 250 ms: raising"), "{}", rising.reason);
+        // At 1 every frame goes remote: the last local frame's age no longer counts, the short
+        // queue brings the threshold down and frames are kept local (and measured) again.
+        assert!(ticks.iter().any(|t| t.threshold == 1.0), "{:?}", ticks.last());
+        let top = ticks.iter().position(|t| t.threshold == 1.0).unwrap();
+        let after = &ticks[top + 1..];
+        assert!(after.iter().any(|t| t.signals.local_latency_ms.is_none() && t.driver == "local queue"), "{after:?}");
+        assert!(after.last().unwrap().threshold < 1.0, "{:?}", after.last());
+    }
+
+    #[test]
     fn a_saturated_cpu_raises_the_threshold_when_it_has_weight() {
         let mut scene = Scene::new();
         scene.cpu = Some(1.0);
@@ -751,12 +794,18 @@ mod tests {
     }
 
     #[test]
-    fn spill_sends_a_frame_remote_instead_of_waiting_on_a_full_local_queue() {
+    fn spill_sends_a_frame_remote_instead_of_waiting_behind_more_than_the_target() {
         let mut scene = Scene::new();
         let mut c = Controller::new(&config(ControlMode::Adaptive), Duration::from_millis(500), scene.at);
-        scene.local = 8;
+        scene.local = 2;
+        assert_eq!(c.route(0.99, &scene.signals()), Routed { route: Route::Local, note: None }, "at the target (2) it still waits");
+        scene.local = 3;
         let signals = scene.signals();
-        assert_eq!(c.route(0.99, &signals).note.as_deref(), Some("local queue full: spilled to remote"));
+        assert_eq!(c.route(0.99, &signals).note.as_deref(), Some("local queue above its target: spilled to remote"));
+        // The next tick hands over to the threshold: spilling votes as a backlog far above target.
+        let tick = scene.run_tick(&mut c, 1, 0.0).expect("a tick");
+        assert_eq!((tick.driver, tick.error, tick.signals.spilled), ("spill", 1.0, 1), "{tick:?}");
+        assert_eq!(tick.reason, "1 frames spilled to remote: raising");
         let mut fixed = Controller::new(&config(ControlMode::Fixed), Duration::from_millis(500), scene.at);
         assert_eq!(fixed.route(0.99, &signals), Routed { route: Route::Local, note: None }, "only the adaptive mode spills");
         scene.local = 0;
