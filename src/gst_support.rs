@@ -10,15 +10,11 @@ pub fn init() -> Result<(), gst::glib::Error> {
     gst::init()
 }
 
-/// For a bus's sync handler, which runs on the thread that posted the message: a streaming
-/// thread announcing that it starts (decoders, encoders, queues) lowers itself below the
-/// inference thread ([`crate::priority`]).
-pub fn streaming_threads_yield_to_inference(message: &gst::Message) {
-    if let gst::MessageView::StreamStatus(status) = message.view() {
-        if status.get().0 == gst::StreamStatusType::Enter {
-            crate::priority::yield_to_inference();
-        }
-    }
+/// For a bus's sync handler, which runs on the thread that posted the message: whether it is a
+/// streaming thread announcing that it starts (decoders, encoders, queues), which then takes
+/// its priority ([`crate::priority`]).
+pub fn streaming_thread_entered(message: &gst::Message) -> bool {
+    matches!(message.view(), gst::MessageView::StreamStatus(status) if status.get().0 == gst::StreamStatusType::Enter)
 }
 
 /// Pops the first message of one of `types` within `wait`, discarding others.

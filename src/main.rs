@@ -261,9 +261,10 @@ enum BenchCommand {
         calm_s: f64,
         #[arg(long, default_value_t = 15.0)]
         loaded_s: f64,
-        /// Spinning threads of the hog, on the device's CPU (8 leave the edge about a sixth of it).
-        #[arg(long, default_value_t = 8)]
-        hog_threads: usize,
+        /// How many times the edge's share of the device's CPU the hog takes, as another service's
+        /// work in a session of its own (2: the edge keeps about a third of its CPU).
+        #[arg(long, default_value_t = 2)]
+        hog_weight: usize,
     },
     /// QUIC versus a plain TCP baseline on loopback (or an emulated impaired link), same encoded frames.
     Transport {
@@ -493,7 +494,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     let config = edge.load()?;
                     edgeseg::bench::pipeline(&config)?;
                 }
-                BenchCommand::Control { edge, large_model, calm_s, loaded_s, hog_threads } => {
+                BenchCommand::Control { edge, large_model, calm_s, loaded_s, hog_weight } => {
                     use edgeseg::bench::control;
                     let config = edge.load()?;
                     let options = control::ControlBenchOptions {
@@ -501,7 +502,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                         large_model: large_model.unwrap_or_else(control::default_large_model),
                         calm: std::time::Duration::try_from_secs_f64(calm_s).context("--calm-s")?,
                         loaded: std::time::Duration::try_from_secs_f64(loaded_s).context("--loaded-s")?,
-                        hog_threads,
+                        hog_weight,
                         out: edge.out.clone().unwrap_or_else(|| PathBuf::from("out/bench-control")),
                     };
                     let bench = control::control(&config, &options)?;

@@ -14,7 +14,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -79,7 +78,6 @@ impl WorkerProcess {
     /// its log goes beside the config (`worker.log` for `worker.toml`).
     pub fn start(binary: &Path, config: &Path, overrides: &[String], placement: Option<&Placement>) -> Result<Self, BenchError> {
         use std::io::BufRead;
-        use std::os::unix::process::CommandExt;
         let setup = |e: std::io::Error| BenchError::Setup(format!("starting {} worker: {e}", binary.display()));
         let mut command = std::process::Command::new(binary);
         command.arg("worker").arg("--config").arg(config);
@@ -89,23 +87,8 @@ impl WorkerProcess {
         let log = std::fs::File::create(config.with_extension("log")).map_err(setup)?;
         command.stdout(std::process::Stdio::piped()).stderr(log);
         let placement = placement.cloned().filter(|p| p.cpus.iter().all(|&cpu| cpu < libc::CPU_SETSIZE as usize));
-        let autogroup_nice = placement.as_ref().map(|p| format!("{}\n", p.nice).into_bytes()).unwrap_or_default();
-        // SAFETY: between fork and exec only system calls, no allocation: a new session (and so
-        // autogroup), the placement, and the session's nice written to /proc/self/autogroup.
-        unsafe {
-            command.pre_exec(move || {
-                libc::setsid();
-                if let Some(p) = &placement {
-                    place(&p.cpus, p.nice, 0)?;
-                    let fd = libc::open(c"/proc/self/autogroup".as_ptr(), libc::O_WRONLY);
-                    if fd >= 0 {
-                        libc::write(fd, autogroup_nice.as_ptr().cast(), autogroup_nice.len());
-                        libc::close(fd);
-                    }
-                }
-                Ok(())
-            });
-        }
+        let (cpus, nice) = placement.map_or((None, 0), |p| (Some(p.cpus), p.nice));
+        own_session(&mut command, cpus, nice, nice);
         let mut child = command.spawn().map_err(setup)?;
         let stdout = child.stdout.take().ok_or_else(|| setup(std::io::Error::other("no stdout")))?;
         let mut lines = std::io::BufReader::new(stdout).lines();
@@ -143,6 +126,29 @@ impl Drop for WorkerProcess {
     }
 }
 
+/// Makes `command` start a session (and so an autogroup) of its own, on `cpus` when given, its
+/// thread at `nice` and its session at `session_nice`, each where the process may.
+fn own_session(command: &mut std::process::Command, cpus: Option<Vec<usize>>, nice: i32, session_nice: i32) {
+    use std::os::unix::process::CommandExt;
+    let session_nice = format!("{session_nice}\n").into_bytes();
+    // SAFETY: between fork and exec only system calls, no allocation: a new session, the
+    // placement, and the session's nice written to /proc/self/autogroup.
+    unsafe {
+        command.pre_exec(move || {
+            libc::setsid();
+            if let Some(cpus) = &cpus {
+                place(cpus, nice, 0)?;
+            }
+            let fd = libc::open(c"/proc/self/autogroup".as_ptr(), libc::O_WRONLY);
+            if fd >= 0 {
+                libc::write(fd, session_nice.as_ptr().cast(), session_nice.len());
+                libc::close(fd);
+            }
+            Ok(())
+        });
+    }
+}
+
 /// A worker.toml serving `manifest` as `model` on `listen`, with `tls` and one inference
 /// thread per CPU of `cpus`; `extra` is appended (further keys, e.g. `[batching]`).
 pub fn worker_toml(
@@ -170,41 +176,61 @@ pub fn device_and_remote() -> Option<(Placement, Placement)> {
     (cpus.len() >= 2).then(|| (Placement { cpus: cpus[..1].to_vec(), nice: -5 }, Placement { cpus: cpus[1..].to_vec(), nice: -10 }))
 }
 
-/// Threads spinning until dropped: load that takes the CPU from whatever else runs beside it.
+/// Foreign load on the device: a spinning shell loop per CPU, in a process and session of their
+/// own, as another service's work would be, until dropped. The kernel shares a CPU between
+/// sessions (autogroups) before it looks at threads, so the hog's session is given the nice
+/// value that makes it weigh `weight` times this process's session: the edge then keeps about
+/// 1 / (weight + 1) of the hog's CPUs, however its own threads divide that share (the
+/// pipeline's helpers run below its inference thread, see [`crate::priority`]). A session's
+/// nice can be lowered only with CAP_SYS_NICE; without it the hog weighs as much as the edge.
 pub struct CpuHog {
-    stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
+    child: Option<std::process::Child>,
 }
 
 impl CpuHog {
-    /// `threads` spinning threads, placed when given.
-    pub fn start(threads: usize, placement: Option<Placement>) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let threads = (0..threads)
-            .map(|_| {
-                let (stop, placement) = (stop.clone(), placement.clone());
-                std::thread::spawn(move || {
-                    if let Some(placement) = placement {
-                        // A hog that cannot be placed spins wherever it is: still load.
-                        let _ = placement.enter();
-                    }
-                    while !stop.load(Ordering::Relaxed) {
-                        std::hint::spin_loop();
-                    }
-                })
-            })
-            .collect();
-        CpuHog { stop, threads }
+    /// Starts the hog on `placement`'s CPUs (all this process may use when `None`). A hog that
+    /// cannot be started is logged and skipped: the caller's assertions then say the load did
+    /// not come.
+    pub fn start(weight: usize, placement: Option<Placement>) -> Self {
+        let cpus = placement.map(|p| p.cpus).filter(|cpus| cpus.iter().all(|&cpu| cpu < libc::CPU_SETSIZE as usize));
+        let loops = cpus.as_ref().map(Vec::len).or_else(|| crate::control::system::allowed_cpus().map(|c| c.len())).unwrap_or(1);
+        let mut command = std::process::Command::new("/bin/sh");
+        command.arg("-c").arg(format!("i=0; while [ $i -lt {loops} ]; do (while :; do :; done) & i=$((i+1)); done; wait"));
+        command.stdin(std::process::Stdio::null());
+        own_session(&mut command, cpus, 0, outweighing_nice(session_nice(), weight.max(1)));
+        let child = command.spawn().map_err(|e| tracing::warn!(error = %e, "could not start the CPU hog (/bin/sh)")).ok();
+        CpuHog { child }
     }
 }
 
 impl Drop for CpuHog {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
+        if let Some(child) = &mut self.child {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                // SAFETY: a signal to the process group our own child leads (setsid).
+                unsafe { libc::kill(-pid, libc::SIGKILL) };
+            }
+            let _ = child.wait();
         }
     }
+}
+
+/// The nice value of this process's session (autogroup), 0 where the kernel has none.
+fn session_nice() -> i32 {
+    std::fs::read_to_string("/proc/self/autogroup").ok().and_then(|s| s.split_whitespace().last().and_then(|n| n.parse().ok())).unwrap_or(0)
+}
+
+/// The nice value (-20..=19) whose scheduling weight is closest to `times` that of `nice`: the
+/// kernel's table (`sched_prio_to_weight`), about 1.25 times per step.
+fn outweighing_nice(nice: i32, times: usize) -> i32 {
+    const WEIGHTS: [f64; 40] = [
+        88761.0, 71755.0, 56483.0, 46273.0, 36291.0, 29154.0, 23254.0, 18705.0, 14949.0, 11916.0, 9548.0, 7620.0, 6100.0, 4904.0, 3906.0,
+        3121.0, 2501.0, 1991.0, 1586.0, 1277.0, 1024.0, 820.0, 655.0, 526.0, 423.0, 335.0, 272.0, 215.0, 172.0, 137.0, 110.0, 87.0, 70.0,
+        56.0, 45.0, 36.0, 29.0, 23.0, 18.0, 15.0,
+    ];
+    let weight = |n: i32| WEIGHTS[(n.clamp(-20, 19) + 20) as usize];
+    let target = (weight(nice) * times as f64).ln();
+    (-20..=19).min_by(|&a: &i32, &b: &i32| (weight(a).ln() - target).abs().total_cmp(&(weight(b).ln() - target).abs())).unwrap_or(nice)
 }
 
 /// The replay when none is named: the assets' `videos/vtest.avi` (people walking, 10 frames/s)
@@ -239,7 +265,7 @@ pub struct ControlBenchOptions {
     /// Replay before the hog starts, and with it.
     pub calm: Duration,
     pub loaded: Duration,
-    pub hog_threads: usize,
+    pub hog_weight: usize,
     /// Folder for each mode's outputs (records, metrics.jsonl and its plot, summary).
     pub out: PathBuf,
 }
@@ -279,7 +305,7 @@ pub struct ControlBench {
     pub deadline_ms: u64,
     pub calm_s: f64,
     pub loaded_s: f64,
-    pub hog_threads: usize,
+    pub hog_weight: usize,
     /// `None`: a single CPU, device and worker shared it.
     pub device: Option<Placement>,
     pub remote: Option<Placement>,
@@ -360,7 +386,7 @@ pub fn control(config: &EdgeConfig, options: &ControlBenchOptions) -> Result<Con
         deadline_ms: config.remote.deadline_ms.units(),
         calm_s: options.calm.as_secs_f64(),
         loaded_s: options.loaded.as_secs_f64(),
-        hog_threads: options.hog_threads,
+        hog_weight: options.hog_weight,
         device,
         remote,
         prioritised,
@@ -442,7 +468,7 @@ fn run_mode(
     });
     std::thread::sleep(options.calm);
     *hog_from.lock().expect("hog start lock") = Some(Instant::now());
-    let hog = CpuHog::start(options.hog_threads, device);
+    let hog = CpuHog::start(options.hog_weight, device);
     std::thread::sleep(options.loaded);
     shutdown.request();
     let outcome = edge.join().map_err(|_| BenchError::Setup("the edge run panicked".into()))??;
@@ -524,11 +550,11 @@ pub fn describe(bench: &ControlBench) -> String {
         _ => "device and worker share one CPU".to_string(),
     };
     format!(
-        "bench control: {} replayed live, {:.0} s calm then {:.0} s with {} spinning threads on the device's CPU\n  small {}, large {}; {placement}",
+        "bench control: {} replayed live, {:.0} s calm then {:.0} s with a hog weighing {} times the edge on the device's CPU\n  small {}, large {}; {placement}",
         bench.video.display(),
         bench.calm_s,
         bench.loaded_s,
-        bench.hog_threads,
+        bench.hog_weight,
         bench.small_model.display(),
         bench.large_model.display(),
     )
@@ -601,7 +627,7 @@ mod tests {
             deadline_ms: 500,
             calm_s: 5.0,
             loaded_s: 15.0,
-            hog_threads: 16,
+            hog_weight: 16,
             device: None,
             remote: None,
             prioritised: false,
@@ -625,7 +651,25 @@ mod tests {
             assert!(std::thread::spawn(move || nowhere.enter()).join().unwrap().is_err(), "CPU {cpu}");
         }
         let hog = CpuHog::start(2, Some(Placement { cpus, nice: 0 }));
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(50));
+        let pid = hog.child.as_ref().expect("the hog started").id() as i32;
+        // SAFETY: signal 0 only asks whether the process group exists.
+        assert_eq!(unsafe { libc::kill(-pid, 0) }, 0, "the hog runs in a process group of its own");
         drop(hog);
+        // The loops die with SIGKILL; whoever adopted them reaps them a moment later.
+        let gone = (0..200).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            // SAFETY: as above.
+            (unsafe { libc::kill(-pid, 0) }) != 0
+        });
+        assert!(gone, "no spinning loop is left behind");
+    }
+
+    #[test]
+    fn the_hog_session_weighs_as_many_times_as_asked() {
+        assert_eq!(outweighing_nice(0, 1), 0);
+        assert_eq!(outweighing_nice(0, 8), -9, "7620 is closest to 8 x 1024");
+        assert_eq!(outweighing_nice(-10, 4), -16, "36291 is closest to 4 x 9548");
+        assert_eq!(outweighing_nice(-18, 100), -20, "bounded by the table");
     }
 }

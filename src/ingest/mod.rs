@@ -254,12 +254,16 @@ impl Source {
                 })
                 .build(),
         );
+        let source_threads = Arc::new(crate::priority::SourceThreads::default());
         if let Some(bus) = pipeline.bus() {
+            let source_threads = source_threads.clone();
             bus.set_sync_handler(move |_, message| {
                 if message.type_() == gst::MessageType::Error {
                     let _ = nudge.try_send(());
                 }
-                crate::gst_support::streaming_threads_yield_to_inference(message);
+                if crate::gst_support::streaming_thread_entered(message) {
+                    source_threads.entered();
+                }
                 gst::BusSyncReply::Pass
             });
         }
@@ -277,6 +281,7 @@ impl Source {
         // must never wait on us: the appsink discards too if we ever fall behind.
         stats.live.store(live, Ordering::Relaxed);
         appsink.set_drop(live);
+        source_threads.decide(live);
         let prerolled = match paused {
             Ok(gst::StateChangeSuccess::Async) => pipeline.state(gst::ClockTime::from_seconds(10)).0,
             other => other,

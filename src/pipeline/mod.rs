@@ -185,12 +185,9 @@ pub fn run_with(
     let (ticks_tx, ticks_rx) = bounded(CONTROL_TICKS_BUFFERED);
     let policy = decide::policy(config, decision_network, Some(ticks_tx))?;
     let decision = decision_stage(ingest.frames.clone(), policy, signals, local_tx, remote_tx);
-    if small_head.is_some() {
-        // The decision network's encoder is most of the small network's work for a local frame.
-        stages.spawn_inference("decision", decision);
-    } else {
-        stages.spawn("decision", decision);
-    }
+    // At the process's priority: the control unit must react while local inference is behind,
+    // and with the decision network's encoder this stage does most of a local frame's work.
+    stages.spawn_inference("decision", decision);
     drop(ingest.frames);
     let (spare_tx, spare_rx) = local::spare_inputs(cap);
     stages.spawn(

@@ -47,7 +47,7 @@ impl Stages {
         });
     }
 
-    /// The stage running the small network, at the process's own priority.
+    /// A stage at the process's own priority: the small network's, and the decision stage.
     pub(super) fn spawn_inference(&mut self, name: &'static str, body: impl FnOnce() + Send + 'static) {
         let thread = std::thread::Builder::new().name(name.to_string()).spawn(body).expect("spawning a pipeline stage thread");
         self.threads.push((name, thread));

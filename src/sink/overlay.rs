@@ -50,7 +50,9 @@ impl OverlayWriter {
         appsrc.set_max_bytes(u64::from(width) * u64::from(height) * 3);
         if let Some(bus) = pipeline.bus() {
             bus.set_sync_handler(|_, message| {
-                crate::gst_support::streaming_threads_yield_to_inference(message);
+                if crate::gst_support::streaming_thread_entered(message) {
+                    crate::priority::yield_to_inference();
+                }
                 gst::BusSyncReply::Pass
             });
         }
