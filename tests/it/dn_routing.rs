@@ -146,6 +146,35 @@ dir = "dn"
         let svg = std::fs::read_to_string(out.join(format!("{stem}.svg"))).unwrap();
         assert!(svg.contains("<svg") && svg.contains("hybrid mIoU") || stem.starts_with("precision"), "{stem}.svg");
     }
+    assert!(markdown.contains("## Keeping the chosen remote fraction instead of the threshold"), "{markdown}");
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("routing.json")).unwrap()).unwrap();
     assert_eq!(json["images"], 6);
+
+    // An ensemble of one network with itself (the retrained copy has the same weights) averages
+    // identical predictions: the same figures.
+    let ensemble_out = dir.path().join("routing-ensemble");
+    let again = dir.path().join("again/dn.toml");
+    run(&[
+        "eval",
+        "routing",
+        "--dn",
+        toml.to_str().unwrap(),
+        "--ensemble",
+        again.to_str().unwrap(),
+        "--config",
+        config_arg,
+        "--data",
+        voc.to_str().unwrap(),
+        "--list",
+        voc_list.to_str().unwrap(),
+        "--out",
+        ensemble_out.to_str().unwrap(),
+    ]);
+    let ensemble: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(ensemble_out.join("routing.json")).unwrap()).unwrap();
+    let auc = |v: &serde_json::Value, policy: &str| {
+        v["policies"].as_array().unwrap().iter().find(|p| p["name"] == policy).map(|p| p["auc"].as_f64().unwrap()).unwrap()
+    };
+    for policy in ["dn-thesis", "dn-iou-img", "dn-gain"] {
+        assert!((auc(&ensemble, policy) - auc(&json, policy)).abs() < 1e-9, "{policy}");
+    }
 }
