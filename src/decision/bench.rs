@@ -61,7 +61,7 @@ impl DecisionBench {
             row("encoder at 257".into(), self.encoder_ms, Some(s.encoder)),
             row("small head (on the 257 features)".into(), self.head_ms, Some(s.head)),
             row("SPP of the 257 features".into(), self.spp_ms, None),
-            row("decision head (MLP)".into(), self.decision_head_ms, Some(s.decision_head)),
+            row("decision head (MLP, CompiledNet)".into(), self.decision_head_ms, Some(s.decision_head)),
             row(format!("encoder at {size}"), self.downscaled_encoder_ms, Some(d.encoder)),
             row(format!("SPP of the {size} features"), self.downscaled_spp_ms, None),
             format!(
@@ -131,6 +131,7 @@ pub fn decision_cost(config: &DnConfig, dn: Option<&Path>, downscaled_size: u32,
             (DecisionNet::new_seeded(NetShape::for_input(len).with_hidden(config.training.hidden), 1)?, config.spp.clone(), config.inputs)
         }
     };
+    let compiled = net.compile()?;
     let mut small = OnnxPart::load(&small_manifest.onnx, 1)?;
     let mut encoder = Encoder::load(&config.base.encoder, &small_manifest, super::base::SHARED_INPUT_SIZE, 1)?;
     let mut downscaled = Encoder::load(&config.base.encoder, &small_manifest, downscaled_size, 1)?;
@@ -151,7 +152,7 @@ pub fn decision_cost(config: &DnConfig, dn: Option<&Path>, downscaled_size: u32,
         timed(&mut lap[2], || head.run(&features.data, &shape))?;
         let pooled = timed(&mut lap[3], || features.spp(&spp_config))?;
         let vector = inputs.compose(&pooled, Some((0.9, 0.3)))?;
-        timed(&mut lap[4], || net.predict(&vector))?;
+        timed(&mut lap[4], || compiled.predict(&vector))?;
         let small_features = timed(&mut lap[5], || downscaled.run(&downscaled_input))?;
         timed(&mut lap[6], || small_features.spp(&spp_config))?;
         if round > 0 {

@@ -109,24 +109,13 @@ dir = "dn"
     let out = dir.path().join("routing");
     let voc = assets.join("voc");
     let coco = assets.join("coco_voc20");
-    let report = run(&[
-        "eval",
-        "routing",
-        "--dn",
-        toml.to_str().unwrap(),
-        "--config",
-        config_arg,
-        "--data",
-        voc.to_str().unwrap(),
-        "--list",
-        voc_list.to_str().unwrap(),
-        "--choose-on",
-        coco.to_str().unwrap(),
-        "--choose-list",
-        coco_list.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    // eval routing on the 6 VOC images, with `extra` arguments, into `out`.
+    let eval_routing = |extra: &[&str], out: &Path| {
+        let fixed = ["eval", "routing", "--dn", toml.to_str().unwrap(), "--config", config_arg, "--data", voc.to_str().unwrap()];
+        let tail = ["--list", voc_list.to_str().unwrap(), "--out", out.to_str().unwrap()];
+        run(&[&fixed[..], extra, &tail[..]].concat())
+    };
+    let report = eval_routing(&["--choose-on", coco.to_str().unwrap(), "--choose-list", coco_list.to_str().unwrap()], &out);
     assert!(report.contains("eval routing: 6 images"), "{report}");
     let csv = std::fs::read_to_string(out.join("routing.csv")).unwrap();
     let policies = ["dn-thesis", "dn-iou-img", "dn-gain", "max-softmax", "entropy", "random", "oracle"];
@@ -154,22 +143,7 @@ dir = "dn"
     // identical predictions: the same figures.
     let ensemble_out = dir.path().join("routing-ensemble");
     let again = dir.path().join("again/dn.toml");
-    run(&[
-        "eval",
-        "routing",
-        "--dn",
-        toml.to_str().unwrap(),
-        "--ensemble",
-        again.to_str().unwrap(),
-        "--config",
-        config_arg,
-        "--data",
-        voc.to_str().unwrap(),
-        "--list",
-        voc_list.to_str().unwrap(),
-        "--out",
-        ensemble_out.to_str().unwrap(),
-    ]);
+    eval_routing(&["--ensemble", again.to_str().unwrap()], &ensemble_out);
     let ensemble: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(ensemble_out.join("routing.json")).unwrap()).unwrap();
     let auc = |v: &serde_json::Value, policy: &str| {
         v["policies"].as_array().unwrap().iter().find(|p| p["name"] == policy).map(|p| p["auc"].as_f64().unwrap()).unwrap()
