@@ -161,6 +161,9 @@ struct RoutingArgs {
     /// Trained decision network (dn.toml written by `edgeseg dn train`).
     #[arg(long)]
     dn: PathBuf,
+    /// Further trained networks (same base; e.g. other seeds) whose predictions are averaged with --dn's (repeatable).
+    #[arg(long)]
+    ensemble: Vec<PathBuf>,
     /// Labelled folder(s) in VOC layout to evaluate on (repeatable: the sets are pooled).
     #[arg(long, required = true)]
     data: Vec<PathBuf>,
@@ -591,6 +594,7 @@ fn eval_routing(args: &RoutingArgs) -> anyhow::Result<ExitCode> {
     let config = DnConfig::load(&args.config, &args.overrides)?;
     let request = RoutingRequest {
         dn: args.dn.clone(),
+        ensemble: args.ensemble.clone(),
         data: pair_lists(&args.data, &args.list, "--list")?,
         choose_on: pair_lists(&args.choose_on, &args.choose_list, "--choose-list")?,
         out: args.out.clone(),

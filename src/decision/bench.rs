@@ -52,22 +52,18 @@ impl DecisionBench {
         let s = &self.shared;
         let d = &self.downscaled;
         let size = self.downscaled_size;
+        let row = |label: String, ms: f64, gflops: Option<f64>| {
+            format!("  {label:<34} {ms:8.3} ms{}", gflops.map_or_else(String::new, |g| format!("  {g:.4} GFLOPs")))
+        };
         vec![
             format!("medians of {} interleaved runs, 1 thread each; GFLOPs from the ONNX graphs and the decision head's layers", self.runs),
-            format!("  small network (whole)            {:8.3} ms  {:.3} GFLOPs", self.small_ms, s.small),
-            format!(
-                "  encoder at 257 + small head      {:8.3} ms  {:.3} GFLOPs ({:.3} + {:.3}; {:.3} + {:.3} ms)",
-                self.encoder_ms + self.head_ms,
-                s.encoder + s.head,
-                s.encoder,
-                s.head,
-                self.encoder_ms,
-                self.head_ms
-            ),
-            format!("  SPP of the 257 features          {:8.3} ms", self.spp_ms),
-            format!("  decision head (MLP)              {:8.3} ms  {:.4} GFLOPs", self.decision_head_ms, s.decision_head),
-            format!("  encoder at {size}                  {:8.3} ms  {:.3} GFLOPs", self.downscaled_encoder_ms, d.encoder),
-            format!("  SPP of the {size} features          {:8.3} ms", self.downscaled_spp_ms),
+            row("small network (whole)".into(), self.small_ms, Some(s.small)),
+            row("encoder at 257".into(), self.encoder_ms, Some(s.encoder)),
+            row("small head (on the 257 features)".into(), self.head_ms, Some(s.head)),
+            row("SPP of the 257 features".into(), self.spp_ms, None),
+            row("decision head (MLP, CompiledNet)".into(), self.decision_head_ms, Some(s.decision_head)),
+            row(format!("encoder at {size}"), self.downscaled_encoder_ms, Some(d.encoder)),
+            row(format!("SPP of the {size} features"), self.downscaled_spp_ms, None),
             format!(
                 "shared base 257, local frame: decision ÷ small = {:.4} (GFLOPs), {:.4} (ms: (SPP + MLP) ÷ small); target ≤ 0.05",
                 s.decision_over_small(),
@@ -135,6 +131,7 @@ pub fn decision_cost(config: &DnConfig, dn: Option<&Path>, downscaled_size: u32,
             (DecisionNet::new_seeded(NetShape::for_input(len).with_hidden(config.training.hidden), 1)?, config.spp.clone(), config.inputs)
         }
     };
+    let compiled = net.compile()?;
     let mut small = OnnxPart::load(&small_manifest.onnx, 1)?;
     let mut encoder = Encoder::load(&config.base.encoder, &small_manifest, super::base::SHARED_INPUT_SIZE, 1)?;
     let mut downscaled = Encoder::load(&config.base.encoder, &small_manifest, downscaled_size, 1)?;
@@ -155,7 +152,7 @@ pub fn decision_cost(config: &DnConfig, dn: Option<&Path>, downscaled_size: u32,
         timed(&mut lap[2], || head.run(&features.data, &shape))?;
         let pooled = timed(&mut lap[3], || features.spp(&spp_config))?;
         let vector = inputs.compose(&pooled, Some((0.9, 0.3)))?;
-        timed(&mut lap[4], || net.predict(&vector))?;
+        timed(&mut lap[4], || compiled.predict(&vector))?;
         let small_features = timed(&mut lap[5], || downscaled.run(&downscaled_input))?;
         timed(&mut lap[6], || small_features.spp(&spp_config))?;
         if round > 0 {

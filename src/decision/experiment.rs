@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use super::config::{DnConfig, InputsConfig, Split};
 use super::dataset::{sample_video, set_sha256, ImageRecord, RecordBuilder, RecordSettings, Source, SourceImages};
-use super::net::{DecisionNet, NetShape, Prediction};
+use super::net::{CompiledNet, DecisionNet, NetShape, Prediction};
 use super::rule::{remote_score, Rule};
 use super::spp::SppConfig;
 use super::store::{self, BaseInfo, DataSetInfo, DecisionNetMeta, TrainingInfo};
@@ -155,21 +155,42 @@ fn routing_set(records: &[ImageRecord]) -> Result<RoutingSet, DecisionError> {
     Ok(RoutingSet::new(records.iter().map(|r| RoutedImage::new(&r.outcome.small, &r.outcome.large)).collect())?)
 }
 
-fn predictions(net: &DecisionNet, inputs: &InputsConfig, records: &[ImageRecord]) -> Result<Vec<Prediction>, DecisionError> {
-    let mut out = Vec::with_capacity(records.len());
-    for chunk in records.chunks(256) {
-        let mut batch = Vec::with_capacity(chunk.len() * net.shape().input_len);
-        for record in chunk {
-            batch.extend(record.input(inputs)?);
-        }
-        out.extend(net.predict_batch(&batch, chunk.len())?);
-    }
-    Ok(out)
+/// Predictions of `nets` for `records`, frame by frame through [`CompiledNet`] as the live
+/// decision runs, averaged over the networks (an ensemble of seeds).
+fn predictions(nets: &[&DecisionNet], inputs: &InputsConfig, records: &[ImageRecord]) -> Result<Vec<Prediction>, DecisionError> {
+    let compiled = nets.iter().map(|net| net.compile()).collect::<Result<Vec<CompiledNet>, _>>()?;
+    let scale = 1.0 / compiled.len().max(1) as f32;
+    records
+        .iter()
+        .map(|record| {
+            let input = record.input(inputs)?;
+            let mut mean: Option<Prediction> = None;
+            for net in &compiled {
+                let p = net.predict(&input)?;
+                mean = Some(match mean {
+                    None => p,
+                    Some(mut sum) => {
+                        sum.class_iou.iter_mut().zip(p.class_iou).for_each(|(a, b)| *a += b);
+                        sum.class_presence.iter_mut().zip(p.class_presence).for_each(|(a, b)| *a += b);
+                        sum.gain += p.gain;
+                        sum
+                    }
+                });
+            }
+            let p = mean.ok_or(DecisionError::Invalid { what: "ensemble", problem: "no network".into() })?;
+            Ok(Prediction {
+                class_iou: p.class_iou.iter().map(|v| v * scale).collect(),
+                class_presence: p.class_presence.iter().map(|v| v * scale).collect(),
+                gain: p.gain * scale,
+            })
+        })
+        .collect()
 }
 
-/// Routing figures of `net` on `records`, thresholds chosen on `choose_on` (or on `records`).
+/// Routing figures of `nets` (their averaged predictions) on `records`, thresholds chosen on
+/// `choose_on` (or on `records`).
 pub fn routing_evaluation(
-    net: &DecisionNet,
+    nets: &[&DecisionNet],
     inputs: &InputsConfig,
     presence: f32,
     costs: &PartCosts,
@@ -177,9 +198,9 @@ pub fn routing_evaluation(
     choose_on: Option<&[ImageRecord]>,
 ) -> Result<RoutingEvaluation, DecisionError> {
     let set = routing_set(records)?;
-    let evaluated = policies(records, &predictions(net, inputs, records)?, presence, costs);
+    let evaluated = policies(records, &predictions(nets, inputs, records)?, presence, costs);
     let choosing = match choose_on {
-        Some(records) => Some((routing_set(records)?, policies(records, &predictions(net, inputs, records)?, presence, costs))),
+        Some(records) => Some((routing_set(records)?, policies(records, &predictions(nets, inputs, records)?, presence, costs))),
         None => None,
     };
     Ok(evaluate(&set, &evaluated, costs.networks(), choosing.as_ref().map(|(s, p)| (s, p.as_slice())), &BUDGETS_POINTS)?)
@@ -294,7 +315,7 @@ pub fn train_from_config(config: &DnConfig, out_dir: Option<&Path>) -> Result<Tr
     let validation_routing = if validation_records.is_empty() {
         None
     } else {
-        Some(routing_evaluation(&net, &config.inputs, config.training.presence as f32, &costs, &validation_records, None)?)
+        Some(routing_evaluation(&[&net], &config.inputs, config.training.presence as f32, &costs, &validation_records, None)?)
     };
     Ok(TrainOutcome {
         toml,
@@ -339,6 +360,9 @@ impl DataArg {
 #[derive(Debug, Clone)]
 pub struct RoutingRequest {
     pub dn: PathBuf,
+    /// Further networks for the same base, SPP and inputs (e.g. other seeds): the decision
+    /// network's predictions are then the mean of all of them.
+    pub ensemble: Vec<PathBuf>,
     pub data: Vec<DataArg>,
     pub choose_on: Vec<DataArg>,
     pub out: PathBuf,
@@ -350,7 +374,19 @@ pub struct RoutingRequest {
 pub fn evaluate_routing(config: &DnConfig, request: &RoutingRequest) -> Result<(RoutingEvaluation, RoutingFiles), DecisionError> {
     let loaded = store::load(&request.dn)?;
     let base = &loaded.meta.base;
-    loaded.check_base(&super::cache::file_sha256(&config.base.encoder)?, base.input_size, base.channels, &loaded.meta.spp)?;
+    let encoder_sha256 = super::cache::file_sha256(&config.base.encoder)?;
+    loaded.check_base(&encoder_sha256, base.input_size, base.channels, &loaded.meta.spp)?;
+    let members = request.ensemble.iter().map(|path| store::load(path)).collect::<Result<Vec<_>, _>>()?;
+    for member in &members {
+        member.check_base(&encoder_sha256, base.input_size, base.channels, &loaded.meta.spp)?;
+        if member.meta.inputs != loaded.meta.inputs {
+            return Err(DecisionError::BaseMismatch {
+                path: member.path.clone(),
+                problem: "its [inputs] differ from the first network's".into(),
+            });
+        }
+    }
+    let nets: Vec<&DecisionNet> = std::iter::once(&loaded.net).chain(members.iter().map(|m| &m.net)).collect();
     let builder = RecordBuilder::new(settings(config, base.input_size, &loaded.meta.spp, request.progress))?;
     let sources_of = |args: &[DataArg]| args.iter().map(DataArg::source).collect::<Result<Vec<_>, _>>();
     let (records, _) = builder.build(&sources_of(&request.data)?)?;
@@ -358,7 +394,7 @@ pub fn evaluate_routing(config: &DnConfig, request: &RoutingRequest) -> Result<(
     let meta = &loaded.meta;
     let costs = PartCosts::measure(config, base.input_size, base.channels, &meta.layers, &meta.inputs)?;
     let presence = meta.training.settings.presence as f32;
-    let evaluation = routing_evaluation(&loaded.net, &meta.inputs, presence, &costs, &records, choosing.as_deref())?;
+    let evaluation = routing_evaluation(&nets, &meta.inputs, presence, &costs, &records, choosing.as_deref())?;
     let names =
         |args: &[DataArg], count: usize| format!("{} ({count} images)", args.iter().map(DataArg::name).collect::<Vec<_>>().join(" + "));
     let trained_on: Vec<String> = loaded.meta.training.sets.iter().map(|s| format!("{} ({})", s.name, s.images)).collect();
@@ -369,7 +405,7 @@ pub fn evaluate_routing(config: &DnConfig, request: &RoutingRequest) -> Result<(
         notes: vec![
             format!(
                 "decision network: {} (base {} at {}x{}, SPP {}{}; trained on {})",
-                request.dn.display(),
+                std::iter::once(&request.dn).chain(&request.ensemble).map(|p| p.display().to_string()).collect::<Vec<_>>().join(" + "),
                 base.encoder,
                 base.input_size,
                 base.input_size,

@@ -29,7 +29,7 @@ use std::path::PathBuf;
 
 pub use base::{Encoder, Features, OnnxPart};
 pub use cache::{content_hash, file_sha256, FeatureCache};
-pub use net::{DecisionNet, NetShape, Prediction};
+pub use net::{CompiledNet, DecisionNet, NetShape, Prediction};
 pub use rule::Rule;
 pub use score::{check_split, DecisionScore, SmallHead};
 pub use spp::{Pooling, SppConfig};

@@ -295,6 +295,147 @@ impl DecisionNet {
     }
 }
 
+/// The network's weights as plain vectors, for one frame at a time: candle's per-operation
+/// overhead (allocations, a transposed-weight product) costs about a millisecond for a single
+/// vector, as much as the arithmetic of a whole batch, which would make deciding cost several
+/// percent of the small network. The first layer's weights (1024 x 1600 with max-average SPP,
+/// 97 % of the bytes) are kept as bfloat16: reading them from memory is what a frame's decision
+/// waits for, and half the bytes halve that wait; their rounding (relative 2⁻⁹) moves predictions
+/// by about 10⁻³. Otherwise the arithmetic of [`DecisionNet::forward`]. `eval routing` predicts
+/// with it too, so its figures are those of the deployed arithmetic. Made by
+/// [`DecisionNet::compile`]; a snapshot: compile again after changing the weights.
+#[derive(Debug, Clone)]
+pub struct CompiledNet {
+    shape: NetShape,
+    mean: Vec<f32>,
+    std: Vec<f32>,
+    /// bfloat16: the upper half of each f32.
+    hidden_weight: Vec<u16>,
+    hidden_bias: Vec<f32>,
+    shared_weight: Vec<f32>,
+    shared_bias: Vec<f32>,
+    class_hidden_weight: Vec<f32>,
+    class_hidden_bias: Vec<f32>,
+    class_out_weight: Vec<f32>,
+    class_out_bias: Vec<f32>,
+    gain_weight: Vec<f32>,
+    gain_bias: Vec<f32>,
+    presence_weight: Vec<f32>,
+    presence_bias: Vec<f32>,
+}
+
+/// `W x + b` for `W` `[out, in]` row-major; eight partial sums per row let the compiler use
+/// vector instructions.
+fn affine(weight: &[f32], bias: &[f32], x: &[f32]) -> Vec<f32> {
+    weight
+        .chunks_exact(x.len())
+        .zip(bias)
+        .map(|(row, b)| {
+            let mut lanes = [0f32; 8];
+            let (row_head, row_tail) = row.split_at(row.len() - row.len() % 8);
+            let (x_head, x_tail) = x.split_at(row_head.len());
+            for (w, v) in row_head.chunks_exact(8).zip(x_head.chunks_exact(8)) {
+                // Fixed-size arrays: no bounds checks in the loop, so it becomes vector code.
+                let (w, v): (&[f32; 8], &[f32; 8]) = (w.try_into().unwrap_or(&[0.0; 8]), v.try_into().unwrap_or(&[0.0; 8]));
+                for i in 0..8 {
+                    lanes[i] += w[i] * v[i];
+                }
+            }
+            let tail: f32 = row_tail.iter().zip(x_tail).map(|(w, v)| w * v).sum();
+            lanes.iter().sum::<f32>() + tail + b
+        })
+        .collect()
+}
+
+/// f32 → bfloat16, rounding to nearest even (weights are finite).
+fn to_bf16(v: f32) -> u16 {
+    let bits = v.to_bits();
+    ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16
+}
+
+/// [`affine`] with bfloat16 weights.
+fn affine_bf16(weight: &[u16], bias: &[f32], x: &[f32]) -> Vec<f32> {
+    let widen = |w: u16| f32::from_bits((w as u32) << 16);
+    weight
+        .chunks_exact(x.len())
+        .zip(bias)
+        .map(|(row, b)| {
+            let mut lanes = [0f32; 8];
+            let (row_head, row_tail) = row.split_at(row.len() - row.len() % 8);
+            let (x_head, x_tail) = x.split_at(row_head.len());
+            for (w, v) in row_head.chunks_exact(8).zip(x_head.chunks_exact(8)) {
+                let (w, v): (&[u16; 8], &[f32; 8]) = (w.try_into().unwrap_or(&[0; 8]), v.try_into().unwrap_or(&[0.0; 8]));
+                for i in 0..8 {
+                    lanes[i] += widen(w[i]) * v[i];
+                }
+            }
+            let tail: f32 = row_tail.iter().zip(x_tail).map(|(&w, v)| widen(w) * v).sum();
+            lanes.iter().sum::<f32>() + tail + b
+        })
+        .collect()
+}
+
+fn sigmoid(v: f32) -> f32 {
+    1.0 / (1.0 + (-v).exp())
+}
+
+impl CompiledNet {
+    pub fn shape(&self) -> NetShape {
+        self.shape
+    }
+
+    /// The prediction for one frame's input vector.
+    pub fn predict(&self, input: &[f32]) -> Result<Prediction, DecisionError> {
+        let (k, p) = (self.shape.classes, self.shape.class_hidden);
+        if input.len() != self.shape.input_len {
+            return Err(DecisionError::Invalid {
+                what: "decision network input",
+                problem: format!("{} values, the network takes {}", input.len(), self.shape.input_len),
+            });
+        }
+        let x: Vec<f32> =
+            input.iter().zip(&self.mean).zip(&self.std).map(|((v, m), s)| ((v - m) / s).clamp(-INPUT_CLIP, INPUT_CLIP)).collect();
+        let hidden: Vec<f32> = affine_bf16(&self.hidden_weight, &self.hidden_bias, &x).into_iter().map(|v| v.max(0.0)).collect();
+        let shared = affine(&self.shared_weight, &self.shared_bias, &hidden);
+        let per_class: Vec<f32> =
+            affine(&self.class_hidden_weight, &self.class_hidden_bias, &shared).into_iter().map(|v| v.max(0.0)).collect();
+        let class_iou = (0..k)
+            .map(|c| {
+                let units = &per_class[c * p..(c + 1) * p];
+                let weights = &self.class_out_weight[c * p..(c + 1) * p];
+                sigmoid(units.iter().zip(weights).map(|(u, w)| u * w).sum::<f32>() + self.class_out_bias[c])
+            })
+            .collect();
+        let gain = affine(&self.gain_weight, &self.gain_bias, &hidden)[0];
+        let class_presence = affine(&self.presence_weight, &self.presence_bias, &hidden).into_iter().map(sigmoid).collect();
+        Ok(Prediction { class_iou, class_presence, gain: gain.clamp(-1.0, 1.0) })
+    }
+}
+
+impl DecisionNet {
+    /// A [`CompiledNet`] of the current weights, for deciding frame by frame.
+    pub fn compile(&self) -> Result<CompiledNet, DecisionError> {
+        let flat = |name: &str| -> Result<Vec<f32>, DecisionError> { Ok(self.tensor(name).flatten_all()?.to_vec1::<f32>()?) };
+        Ok(CompiledNet {
+            shape: self.shape,
+            mean: flat("input.mean")?,
+            std: flat("input.std")?,
+            hidden_weight: flat("hidden.weight")?.into_iter().map(to_bf16).collect(),
+            hidden_bias: flat("hidden.bias")?,
+            shared_weight: flat("shared.weight")?,
+            shared_bias: flat("shared.bias")?,
+            class_hidden_weight: flat("class_heads.hidden.weight")?,
+            class_hidden_bias: flat("class_heads.hidden.bias")?,
+            class_out_weight: flat("class_heads.out.weight")?,
+            class_out_bias: flat("class_heads.out.bias")?,
+            gain_weight: flat("gain.weight")?,
+            gain_bias: flat("gain.bias")?,
+            presence_weight: flat("presence.weight")?,
+            presence_bias: flat("presence.bias")?,
+        })
+    }
+}
+
 /// `x · Wᵀ + b` for `x` `[B, in]`, `W` `[out, in]`.
 fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
     x.matmul(&weight.t()?)?.broadcast_add(bias)
@@ -322,6 +463,44 @@ mod tests {
         // Batched and single predictions agree.
         assert_eq!(net.predict(&vectors[6..]).unwrap(), predictions[1]);
         assert!(net.predict_batch(&vectors, 3).is_err());
+    }
+
+    #[test]
+    fn compiled_network_predicts_what_the_tensor_network_does() {
+        // Sizes that are not multiples of 8 exercise the tails of the vector loops.
+        let shape = NetShape { input_len: 21, hidden: 13, classes: 3, class_hidden: 2 };
+        let net = DecisionNet::new_seeded(shape, 5).unwrap();
+        net.set("input.mean", (0..21).map(|i| i as f32 * 0.05).collect()).unwrap();
+        net.set("input.std", (0..21).map(|i| 0.5 + i as f32 * 0.1).collect()).unwrap();
+        net.set("hidden.bias", (0..13).map(|i| (i as f32 - 6.0) * 0.1).collect()).unwrap();
+        let compiled = net.compile().unwrap();
+        for seed in 0..5 {
+            let mut rng = SeededRng::new(seed);
+            // Some values far outside the training range, so the clipping counts too.
+            let input: Vec<f32> = (0..21).map(|_| ((rng.next_f64() * 2.0 - 1.0) * 6.0) as f32).collect();
+            let (a, b) = (net.predict(&input).unwrap(), compiled.predict(&input).unwrap());
+            for (x, y) in a
+                .class_iou
+                .iter()
+                .chain(&a.class_presence)
+                .chain([&a.gain])
+                .zip(b.class_iou.iter().chain(&b.class_presence).chain([&b.gain]))
+            {
+                assert!((x - y).abs() < 3e-3, "{a:?} vs {b:?}");
+            }
+        }
+        assert!(compiled.predict(&[0.0; 20]).is_err());
+    }
+
+    #[test]
+    fn bfloat16_rounds_to_nearest_even() {
+        for v in [0.0f32, 1.0, -2.5, 1e-3, 0.3337, -123.456] {
+            let back = f32::from_bits((to_bf16(v) as u32) << 16);
+            assert!((back - v).abs() <= v.abs() * 2f32.powi(-8), "{v} → {back}");
+        }
+        // 1 + 2⁻⁸ lies halfway between 1 and 1 + 2⁻⁷: to the even mantissa, 1.
+        assert_eq!(to_bf16(1.0 + 2f32.powi(-8)), to_bf16(1.0));
+        assert_eq!(to_bf16(1.0 + 3.0 * 2f32.powi(-8)), to_bf16(1.0 + 2f32.powi(-6)));
     }
 
     #[test]

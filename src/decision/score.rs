@@ -13,7 +13,7 @@ use std::time::Instant;
 use ort::value::DynValue;
 
 use super::base::{Encoder, OnnxPart};
-use super::net::{DecisionNet, Prediction};
+use super::net::{CompiledNet, Prediction};
 use super::rule::{predicted_iou_img, Rule};
 use super::spp::SppConfig;
 use super::{store, DecisionError};
@@ -90,7 +90,8 @@ pub fn check_split(encoder: &mut Encoder, head: &mut SmallHead, small: &mut Mode
 /// The decision network as the control unit's per-frame [`Score`].
 pub struct DecisionScore {
     encoder: Encoder,
-    net: DecisionNet,
+    /// The plain-Rust forward: candle's costs ~1.4 ms per single vector, this one ~0.5 ms.
+    net: CompiledNet,
     spp: SppConfig,
     rule: Rule,
     presence: f32,
@@ -129,7 +130,14 @@ impl DecisionScore {
             shares_features,
             "decision network loaded"
         );
-        Ok(DecisionScore { encoder, net: loaded.net, spp: loaded.meta.spp.clone(), rule: config.rule, presence, shares_features })
+        Ok(DecisionScore {
+            encoder,
+            net: loaded.net.compile()?,
+            spp: loaded.meta.spp.clone(),
+            rule: config.rule,
+            presence,
+            shares_features,
+        })
     }
 
     /// Whether a local frame's mask can be finished from the features the decision computed

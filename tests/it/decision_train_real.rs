@@ -3,18 +3,18 @@
 //! - training the decision network on real SPP vectors exported by `scripts/study_routing.py`
 //!   (out/study_routing/samples_*.bin), with AdamW and with SGD + momentum, printing validation
 //!   metrics and training time;
-//!   (`DN_SPLITS=camvid_seq_avg DN_SEED=7` narrows a run to one split and another seed);
-//! - the cost per frame of the decision head against the encoder and the whole small network.
+//!   (`DN_SPLITS=camvid_seq_avg DN_SEED=7` narrows a run to one split and another seed).
+//!
+//! The decision's cost per frame against the small network is `edgeseg bench decision`.
 //!
 //! They print numbers and assert nothing about them; speed is never asserted.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
-use edgeseg::decision::base::{Encoder, OnnxPart};
 use edgeseg::decision::rule::{remote_score, Rule};
 use edgeseg::decision::train::{evaluate, train};
-use edgeseg::decision::{DecisionNet, NetShape, OptimizerKind, Sample, SppConfig, TrainConfig};
+use edgeseg::decision::{DecisionNet, NetShape, OptimizerKind, Sample, TrainConfig};
 
 use super::common;
 
@@ -152,82 +152,4 @@ fn train_on_real_spp_vectors_with_both_optimizers() {
         }
         std::fs::write(dir.join(format!("rust_scores_{split}.csv")), csv).unwrap();
     }
-}
-
-fn median_micros(mut run: impl FnMut(), rounds: usize) -> f64 {
-    for _ in 0..3 {
-        run();
-    }
-    let mut times: Vec<f64> = (0..rounds)
-        .map(|_| {
-            let start = Instant::now();
-            run();
-            start.elapsed().as_secs_f64() * 1e6
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[rounds / 2]
-}
-
-#[test]
-#[ignore = "measurement: prints per-frame costs"]
-fn decision_cost_against_the_small_network() {
-    let shape = NetShape::for_input(800);
-    let net = DecisionNet::new_seeded(shape, 1).unwrap();
-    let vector: Vec<f32> = (0..800).map(|i| (i as f32 * 0.01).sin()).collect();
-    let head_us = median_micros(
-        || {
-            net.predict(&vector).unwrap();
-        },
-        200,
-    );
-    let features: Vec<f32> = (0..160 * 33 * 33).map(|i| (i % 17) as f32).collect();
-    let spp_us = median_micros(
-        || {
-            edgeseg::decision::spp::spp(&features, 160, 33, 33, &SppConfig::default()).unwrap();
-        },
-        200,
-    );
-    println!(
-        "decision head: {:.4} GFLOPs, {head_us:.0} µs per frame (median); SPP of 160x33x33: {spp_us:.0} µs",
-        shape.flops() as f64 / 1e9
-    );
-    let assets: PathBuf = edgeseg::infer::manifest::assets_dir();
-    let whole_path = assets.join("models/deeplabv3_mnv2_dm05_voc_257.onnx");
-    let encoder_path = common::fixtures().join("models/derived/small_encoder.onnx");
-    if !whole_path.is_file() || !encoder_path.is_file() {
-        eprintln!("SKIPPED the ONNX part: {} or {} missing", whole_path.display(), encoder_path.display());
-        return;
-    }
-    let mut whole = OnnxPart::load(&whole_path, 1).unwrap();
-    let input = vec![0.1f32; 257 * 257 * 3];
-    let whole_us = median_micros(
-        || {
-            whole.run(&input, &[1, 257, 257, 3]).unwrap();
-        },
-        30,
-    );
-    println!("small network (1 thread): {whole_us:.0} µs per frame (median)");
-    for size in [257u32, 129] {
-        let mut encoder = Encoder::load(
-            &encoder_path,
-            &edgeseg::infer::ModelManifest::load(&common::root().join("models/deeplab-small.toml")).unwrap(),
-            size,
-            1,
-        )
-        .unwrap();
-        let input = vec![0.1f32; encoder.input_len()];
-        let encoder_us = median_micros(
-            || {
-                encoder.run(&input).unwrap();
-            },
-            30,
-        );
-        println!(
-            "encoder at {size}x{size} (1 thread): {encoder_us:.0} µs = {:.2} of the small network; + SPP + head = {:.3}",
-            encoder_us / whole_us,
-            (encoder_us + spp_us + head_us) / whole_us
-        );
-    }
-    println!("decision on a local frame (shared base: SPP + head only) ÷ small network = {:.4}", (spp_us + head_us) / whole_us);
 }

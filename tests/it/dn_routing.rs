@@ -109,24 +109,13 @@ dir = "dn"
     let out = dir.path().join("routing");
     let voc = assets.join("voc");
     let coco = assets.join("coco_voc20");
-    let report = run(&[
-        "eval",
-        "routing",
-        "--dn",
-        toml.to_str().unwrap(),
-        "--config",
-        config_arg,
-        "--data",
-        voc.to_str().unwrap(),
-        "--list",
-        voc_list.to_str().unwrap(),
-        "--choose-on",
-        coco.to_str().unwrap(),
-        "--choose-list",
-        coco_list.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    // eval routing on the 6 VOC images, with `extra` arguments, into `out`.
+    let eval_routing = |extra: &[&str], out: &Path| {
+        let fixed = ["eval", "routing", "--dn", toml.to_str().unwrap(), "--config", config_arg, "--data", voc.to_str().unwrap()];
+        let tail = ["--list", voc_list.to_str().unwrap(), "--out", out.to_str().unwrap()];
+        run(&[&fixed[..], extra, &tail[..]].concat())
+    };
+    let report = eval_routing(&["--choose-on", coco.to_str().unwrap(), "--choose-list", coco_list.to_str().unwrap()], &out);
     assert!(report.contains("eval routing: 6 images"), "{report}");
     let csv = std::fs::read_to_string(out.join("routing.csv")).unwrap();
     let policies = ["dn-thesis", "dn-iou-img", "dn-gain", "max-softmax", "entropy", "random", "oracle"];
@@ -146,6 +135,20 @@ dir = "dn"
         let svg = std::fs::read_to_string(out.join(format!("{stem}.svg"))).unwrap();
         assert!(svg.contains("<svg") && svg.contains("hybrid mIoU") || stem.starts_with("precision"), "{stem}.svg");
     }
+    assert!(markdown.contains("## Keeping the chosen remote fraction instead of the threshold"), "{markdown}");
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("routing.json")).unwrap()).unwrap();
     assert_eq!(json["images"], 6);
+
+    // An ensemble of one network with itself (the retrained copy has the same weights) averages
+    // identical predictions: the same figures.
+    let ensemble_out = dir.path().join("routing-ensemble");
+    let again = dir.path().join("again/dn.toml");
+    eval_routing(&["--ensemble", again.to_str().unwrap()], &ensemble_out);
+    let ensemble: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(ensemble_out.join("routing.json")).unwrap()).unwrap();
+    let auc = |v: &serde_json::Value, policy: &str| {
+        v["policies"].as_array().unwrap().iter().find(|p| p["name"] == policy).map(|p| p["auc"].as_f64().unwrap()).unwrap()
+    };
+    for policy in ["dn-thesis", "dn-iou-img", "dn-gain"] {
+        assert!((auc(&ensemble, policy) - auc(&json, policy)).abs() < 1e-9, "{policy}");
+    }
 }
