@@ -563,7 +563,8 @@ pub struct ControlConfig {
     pub rtt_high: f32,
     /// Share of remote frames falling back above which the remote counts as failing.
     pub max_fallback_rate: f32,
-    /// Adaptive mode: a frame that would wait behind more than `target_local_queue` frames goes remote instead.
+    /// Adaptive mode: a frame that would wait behind more than `target_local_queue` frames, or
+    /// behind any while local frames are later than `target_latency_ms`, goes remote instead.
     pub spill: bool,
     /// Consecutive remote failures that open the circuit breaker, and how long it stays open.
     pub breaker_failures: Count<100_000>,

@@ -257,14 +257,21 @@ impl Controller {
     fn route_allowed(&self, score: f32, signals: &Signals) -> Routed {
         let full = |name: &str| signals.queue(name).is_some_and(|q| q.depth >= q.capacity);
         if score > self.threshold {
+            let waiting = signals.depth(&LOCAL_QUEUES);
+            // Behind frames that already come out later than the target latency, one more would
+            // come out later still: on a starved device a single frame ahead can cost more than
+            // the remote's deadline, long before the queue passes its target.
+            let target_ms = self.config.target_latency_ms.units() as f64;
+            let late = target_ms > 0.0 && waiting > 0 && signals.local_latency_ms.is_some_and(|ms| ms > target_ms);
             let spill = self.config.mode == ControlMode::Adaptive
                 && self.config.spill
-                && signals.depth(&LOCAL_QUEUES) as f32 > self.config.target_local_queue
+                && (waiting as f32 > self.config.target_local_queue || late)
                 && !full(REMOTE_QUEUE)
                 && self.remote_has_room
                 && self.remote_fraction < self.config.remote_budget;
             return if spill {
-                Routed { route: Route::Remote, note: Some("local queue above its target: spilled to remote".to_string()) }
+                let why = if late { "local frames later than their target" } else { "local queue above its target" };
+                Routed { route: Route::Remote, note: Some(format!("{why}: spilled to remote")) }
             } else {
                 Routed { route: Route::Local, note: None }
             };
@@ -808,6 +815,13 @@ mod tests {
         assert_eq!(tick.reason, "1 frames spilled to remote: raising");
         let mut fixed = Controller::new(&config(ControlMode::Fixed), Duration::from_millis(500), scene.at);
         assert_eq!(fixed.route(0.99, &signals), Routed { route: Route::Local, note: None }, "only the adaptive mode spills");
+        // Under the queue's target, but behind frames that come out later than the target latency.
+        (scene.local, scene.latency_ms) = (1, Some(400.0));
+        assert_eq!(c.route(0.99, &scene.signals()).note.as_deref(), Some("local frames later than their target: spilled to remote"));
+        scene.latency_ms = Some(100.0);
+        assert_eq!(c.route(0.99, &scene.signals()), Routed { route: Route::Local, note: None }, "on time: it waits");
+        (scene.local, scene.latency_ms) = (0, Some(400.0));
+        assert_eq!(c.route(0.99, &scene.signals()), Routed { route: Route::Local, note: None }, "nothing ahead of it: no wait to avoid");
         scene.local = 0;
         scene.remote_queue = 4;
         assert_eq!(c.route(0.01, &scene.signals()).note.as_deref(), Some("remote queue full"));

@@ -77,17 +77,10 @@ fn edge_config(dir: &Path, assets: &Path, name: &str, extra: &str) -> PathBuf {
 /// that is not there (`tls` holds a development PKI).
 fn decision_sections(network: &Path, threshold: f32, tls: &edgeseg::config::TlsPaths) -> String {
     let root = common::root();
+    let nobody = "127.0.0.1:9".parse().expect("an address");
+    let remote = crate::remote::routed_remote_section("threshold", nobody, tls, "deadline_ms = 300\nconnect_timeout_ms = 100");
     format!(
-        r#"
-[remote]
-routing = "threshold"
-workers = ["127.0.0.1:9"]
-deadline_ms = 300
-connect_timeout_ms = 100
-[remote.tls]
-ca_cert = "{ca}"
-cert = "{cert}"
-key = "{key}"
+        r#"{remote}
 [control]
 score = "decision-network"
 threshold = {threshold}
@@ -98,9 +91,6 @@ network = "{network}"
 encoder = "{encoder}"
 head = "{head}"
 "#,
-        ca = tls.ca_cert.display(),
-        cert = tls.cert.display(),
-        key = tls.key.display(),
         network = network.display(),
         encoder = root.join("models/derived/small_encoder.onnx").display(),
         head = root.join("models/derived/small_head.onnx").display(),

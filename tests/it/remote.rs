@@ -108,10 +108,15 @@ key = "{key}"
 /// The `[remote]` section sending every frame to `worker`, authenticated as `identity`;
 /// `settings` holds further `[remote]` keys, one per line.
 pub(crate) fn remote_section(worker: SocketAddr, identity: &TlsPaths, settings: &str) -> String {
+    routed_remote_section("remote", worker, identity, settings)
+}
+
+/// [`remote_section`] with another `remote.routing`.
+pub(crate) fn routed_remote_section(routing: &str, worker: SocketAddr, identity: &TlsPaths, settings: &str) -> String {
     format!(
         r#"
 [remote]
-routing = "remote"
+routing = "{routing}"
 workers = ["{worker}"]
 {settings}
 [remote.tls]
