@@ -564,7 +564,7 @@ pub struct ControlConfig {
     /// Share of remote frames falling back above which the remote counts as failing.
     pub max_fallback_rate: f32,
     /// Adaptive mode: a frame that would wait behind more than `target_local_queue` frames, or
-    /// behind any while local frames are later than `target_latency_ms`, goes remote instead.
+    /// behind one already later than `target_latency_ms`, goes remote instead.
     pub spill: bool,
     /// Consecutive remote failures that open the circuit breaker, and how long it stays open.
     pub breaker_failures: Count<100_000>,
@@ -589,7 +589,7 @@ impl Default for ControlConfig {
             max_rate: 0.5,
             remote_budget: 1.0,
             target_local_queue: 2.0,
-            target_latency_ms: Millis::new(250),
+            target_latency_ms: Millis::new(150),
             cpu_high: 0.9,
             cpu_weight: 0.5,
             rtt_high: 0.6,

@@ -265,8 +265,8 @@ enum BenchCommand {
         #[arg(long, default_value_t = 15.0)]
         loaded_s: f64,
         /// How many times the edge's share of the device's CPU the hog takes, as another service's
-        /// work in a session of its own (2: the edge keeps about a third of its CPU).
-        #[arg(long, default_value_t = 2)]
+        /// work in a session of its own (8: the edge keeps about a ninth of its CPU).
+        #[arg(long, default_value_t = 8)]
         hog_weight: usize,
     },
     /// QUIC versus a plain TCP baseline on loopback (or an emulated impaired link), same encoded frames.

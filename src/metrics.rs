@@ -213,22 +213,46 @@ impl RemoteHealth {
     }
 }
 
-/// A recent latency, exponentially weighted (each sample counts 1/8), readable from any thread:
-/// how long local frames take now, for the control unit.
+/// How late local frames are, for the control unit, readable from any thread: the age of
+/// finished frames, exponentially weighted (each counts 1/8), and the age of the oldest frame
+/// still on its way. Finished frames alone tell of a slowdown only after the slow frames
+/// finish; on a starved device that is a second or more after it began.
 #[derive(Debug, Default)]
 pub struct LatencyGauge {
     ewma_us: AtomicU64,
+    /// Capture instants of the frames sent down the path and not finished, oldest first.
+    on_the_way: Mutex<std::collections::VecDeque<Instant>>,
 }
 
 impl LatencyGauge {
-    pub fn record(&self, latency: Duration) {
+    /// A frame captured at `captured_at` starts down the path.
+    pub fn started(&self, captured_at: Instant) {
+        self.on_the_way.lock().expect("latency gauge lock").push_back(captured_at);
+    }
+
+    /// A frame captured at `captured_at` is finished (also one that never [`started`](Self::started),
+    /// such as a remote frame falling back).
+    pub fn finished(&self, captured_at: Instant) {
+        self.record(captured_at.elapsed());
+        let mut on_the_way = self.on_the_way.lock().expect("latency gauge lock");
+        if let Some(i) = on_the_way.iter().position(|&t| t == captured_at) {
+            on_the_way.remove(i);
+        }
+    }
+
+    fn record(&self, latency: Duration) {
         RemoteHealth::ewma(&self.ewma_us, (latency.as_micros() as u64).max(1));
     }
 
-    /// `None` until the first sample.
+    /// Age of finished frames; `None` until the first.
     pub fn ms(&self) -> Option<f64> {
         let us = self.ewma_us.load(Ordering::Relaxed);
         (us > 0).then(|| us as f64 / 1000.0)
+    }
+
+    /// Age of the oldest frame on its way; `None` when there is none.
+    pub fn oldest_ms(&self) -> Option<f64> {
+        self.on_the_way.lock().expect("latency gauge lock").front().map(|t| t.elapsed().as_secs_f64() * 1000.0)
     }
 }
 
@@ -296,6 +320,24 @@ impl RouteTimeline {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_lateness_shows_a_stuck_frame_before_it_finishes() {
+        let gauge = LatencyGauge::default();
+        assert_eq!((gauge.ms(), gauge.oldest_ms()), (None, None));
+        let now = Instant::now();
+        let (old, new) = (now - Duration::from_millis(400), now - Duration::from_millis(30));
+        gauge.started(old);
+        gauge.started(new);
+        assert_eq!(gauge.ms(), None, "nothing finished yet");
+        assert!(gauge.oldest_ms().is_some_and(|ms| ms >= 400.0), "the oldest frame on its way");
+        gauge.finished(old);
+        assert!(gauge.ms().is_some_and(|ms| ms >= 400.0), "the finished frame's age, the first sample");
+        assert!(gauge.oldest_ms().is_some_and(|ms| (30.0..400.0).contains(&ms)), "now the younger one is the oldest");
+        gauge.finished(new);
+        gauge.finished(now - Duration::from_millis(10));
+        assert!(gauge.on_the_way.lock().unwrap().is_empty(), "finishing a frame that never started removes nothing else");
+    }
 
     #[test]
     fn nearest_rank_percentiles() {

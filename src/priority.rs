@@ -10,9 +10,11 @@
 //! real small network on a 2-core machine: pipeline / bare network 0.919 with every thread
 //! equal, 0.983 with the inference thread ahead.
 //!
-//! Two kinds of thread keep the process's priority, because what they do cannot wait: a live
-//! source's streaming threads (a camera's frames are lost when not taken, [`SourceThreads`]) and
-//! the decision stage, where the control unit reacts to the device's load. Starved behind the
+//! Some threads keep the process's priority, because what they do cannot wait: a live source's
+//! streaming threads (a camera's frames are lost when not taken, [`SourceThreads`]), the
+//! decision stage, where the control unit reacts to the device's load, and the remote stage,
+//! through which a starved device sheds its work (behind the local backlog, frames waited to be
+//! sent until their deadline passed, and the controller read that as a failing remote). Starved behind the
 //! inference thread on a loaded device, they lost frames before any threshold could help
 //! (`tests/it/control.rs`: 10-15 % of a live stream dropped in `adaptive` mode under a hog, 1-2 %
 //! with them at the process's priority).

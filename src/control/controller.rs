@@ -257,20 +257,19 @@ impl Controller {
     fn route_allowed(&self, score: f32, signals: &Signals) -> Routed {
         let full = |name: &str| signals.queue(name).is_some_and(|q| q.depth >= q.capacity);
         if score > self.threshold {
-            let waiting = signals.depth(&LOCAL_QUEUES);
-            // Behind frames that already come out later than the target latency, one more would
-            // come out later still: on a starved device a single frame ahead can cost more than
-            // the remote's deadline, long before the queue passes its target.
+            // Behind a frame already later than the target latency, one more would come out later
+            // still: on a starved device a single frame ahead can cost more than the remote's
+            // deadline, long before the queue passes its target.
             let target_ms = self.config.target_latency_ms.units() as f64;
-            let late = target_ms > 0.0 && waiting > 0 && signals.local_latency_ms.is_some_and(|ms| ms > target_ms);
+            let late = target_ms > 0.0 && signals.local_oldest_ms.is_some_and(|ms| ms > target_ms);
             let spill = self.config.mode == ControlMode::Adaptive
                 && self.config.spill
-                && (waiting as f32 > self.config.target_local_queue || late)
+                && (signals.depth(&LOCAL_QUEUES) as f32 > self.config.target_local_queue || late)
                 && !full(REMOTE_QUEUE)
                 && self.remote_has_room
                 && self.remote_fraction < self.config.remote_budget;
             return if spill {
-                let why = if late { "local frames later than their target" } else { "local queue above its target" };
+                let why = if late { "a local frame ahead is later than its target" } else { "local queue above its target" };
                 Routed { route: Route::Remote, note: Some(format!("{why}: spilled to remote")) }
             } else {
                 Routed { route: Route::Local, note: None }
@@ -302,7 +301,11 @@ impl Controller {
             self.kept_local_at = now;
         }
         let fresh = now.saturating_duration_since(self.kept_local_at) < SHARE_TIME_CONSTANT;
-        let local_latency_ms = signals.local_latency_ms.filter(|_| fresh);
+        // A frame still on its way counts as soon as it is later than the finished ones.
+        let local_latency_ms = match (signals.local_latency_ms.filter(|_| fresh), signals.local_oldest_ms) {
+            (Some(finished), Some(oldest)) => Some(finished.max(oldest)),
+            (finished, oldest) => finished.or(oldest),
+        };
         let tick_signals =
             TickSignals { local_queue, spilled: window.spilled, local_latency_ms, cpu: signals.cpu, battery: signals.battery, remote };
 
@@ -541,12 +544,13 @@ mod tests {
         battery: Option<Battery>,
         cpu: Option<f32>,
         latency_ms: Option<f64>,
+        oldest_ms: Option<f64>,
     }
 
     impl Scene {
         fn new() -> Self {
             let remote = RemoteHealthSnapshot { connected_workers: 1, rtt_ms: 40.0, ..RemoteHealthSnapshot::default() };
-            Scene { at: Instant::now(), local: 0, remote_queue: 0, remote, battery: None, cpu: None, latency_ms: None }
+            Scene { at: Instant::now(), local: 0, remote_queue: 0, remote, battery: None, cpu: None, latency_ms: None, oldest_ms: None }
         }
 
         fn signals(&self) -> Signals {
@@ -559,6 +563,7 @@ mod tests {
                     q("remote", self.remote_queue),
                 ],
                 local_latency_ms: self.latency_ms,
+                local_oldest_ms: self.oldest_ms,
                 cpu: self.cpu,
                 battery: self.battery,
                 remote: Some(self.remote.clone()),
@@ -816,11 +821,12 @@ mod tests {
         let mut fixed = Controller::new(&config(ControlMode::Fixed), Duration::from_millis(500), scene.at);
         assert_eq!(fixed.route(0.99, &signals), Routed { route: Route::Local, note: None }, "only the adaptive mode spills");
         // Under the queue's target, but behind frames that come out later than the target latency.
-        (scene.local, scene.latency_ms) = (1, Some(400.0));
-        assert_eq!(c.route(0.99, &scene.signals()).note.as_deref(), Some("local frames later than their target: spilled to remote"));
-        scene.latency_ms = Some(100.0);
+        (scene.local, scene.oldest_ms) = (0, Some(400.0));
+        let note = "a local frame ahead is later than its target: spilled to remote";
+        assert_eq!(c.route(0.99, &scene.signals()).note.as_deref(), Some(note));
+        scene.oldest_ms = Some(100.0);
         assert_eq!(c.route(0.99, &scene.signals()), Routed { route: Route::Local, note: None }, "on time: it waits");
-        (scene.local, scene.latency_ms) = (0, Some(400.0));
+        (scene.oldest_ms, scene.latency_ms) = (None, Some(400.0));
         assert_eq!(c.route(0.99, &scene.signals()), Routed { route: Route::Local, note: None }, "nothing ahead of it: no wait to avoid");
         scene.local = 0;
         scene.remote_queue = 4;

@@ -40,6 +40,8 @@ pub struct Signals {
     pub queues: Vec<QueueSample>,
     /// Recent age of local frames when their mask is ready; `None` before the first one.
     pub local_latency_ms: Option<f64>,
+    /// Age of the oldest local frame not ready yet; `None` when there is none.
+    pub local_oldest_ms: Option<f64>,
     /// Busy share of the device's CPUs, 0..=1, over the last `control.interval_ms`.
     pub cpu: Option<f32>,
     /// `None`: no battery (on mains).
@@ -51,7 +53,7 @@ pub struct Signals {
 impl Signals {
     /// Signals of an idle pipeline without a remote path.
     pub fn idle(at: Instant) -> Self {
-        Signals { at, queues: Vec::new(), local_latency_ms: None, cpu: None, battery: None, remote: None }
+        Signals { at, queues: Vec::new(), local_latency_ms: None, local_oldest_ms: None, cpu: None, battery: None, remote: None }
     }
 
     pub fn queue(&self, name: &str) -> Option<&QueueSample> {

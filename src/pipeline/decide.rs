@@ -66,6 +66,7 @@ impl SignalSource {
             at,
             queues: self.queues.sample(),
             local_latency_ms: self.local_latency.ms(),
+            local_oldest_ms: self.local_latency.oldest_ms(),
             cpu,
             battery,
             remote: self.remote.as_ref().map(|h| h.snapshot()),
@@ -114,7 +115,10 @@ pub(super) fn decision_stage(
             job.latency_ms.insert("decision", deciding.elapsed().as_secs_f64() * 1000.0);
             let sent = match (job.decide(decision), &remote) {
                 (Route::Remote, Some(tx)) => tx.send(job).is_ok(),
-                _ => local.send(job).is_ok(),
+                _ => {
+                    signals.local_latency.started(job.frame.captured_at);
+                    local.send(job).is_ok()
+                }
             };
             if !sent {
                 break;

@@ -175,7 +175,7 @@ pub fn run_with(
         queues.add(QueueGauge::new("remote", &remote_rx));
         let max_in_flight = config.remote.max_in_flight.get();
         let answered = (segmented_tx.clone(), free_pixels.clone());
-        stages.spawn("remote", remote::remote_stage(client, remote_rx, answered, local_tx.clone(), max_in_flight, health.clone()));
+        stages.spawn_ahead("remote", remote::remote_stage(client, remote_rx, answered, local_tx.clone(), max_in_flight, health.clone()));
         remote_tx
     });
     telemetry.attach(PipelineView { queues: queues.clone(), ingest: ingest.stats.clone(), remote: remote_health.clone() });
@@ -187,18 +187,18 @@ pub fn run_with(
     let decision = decision_stage(ingest.frames.clone(), policy, signals, local_tx, remote_tx);
     // At the process's priority: the control unit must react while local inference is behind,
     // and with the decision network's encoder this stage does most of a local frame's work.
-    stages.spawn_inference("decision", decision);
+    stages.spawn_ahead("decision", decision);
     drop(ingest.frames);
     let (spare_tx, spare_rx) = local::spare_inputs(cap);
     stages.spawn(
         "preprocess",
         map_stage(local_rx, prepared_tx, errors.clone(), local::preprocess(manifest, spare_rx, free_pixels, small_head.is_some())),
     );
-    stages.spawn_inference("infer", map_stage(prepared_rx, inferred_tx, errors.clone(), local::infer(model, small_head, spare_tx)));
+    stages.spawn_ahead("infer", map_stage(prepared_rx, inferred_tx, errors.clone(), local::infer(model, small_head, spare_tx)));
     let mut postprocess = local::postprocess();
     let postprocess_timed = move |inferred| {
         let segmented: Segmented = postprocess(inferred)?;
-        local_latency.record(segmented.frame.captured_at.elapsed());
+        local_latency.finished(segmented.frame.captured_at);
         Ok(segmented)
     };
     stages.spawn("postprocess", map_stage(inferred_rx, segmented_tx, errors.clone(), postprocess_timed));

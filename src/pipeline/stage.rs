@@ -41,14 +41,16 @@ pub(super) struct Stages {
 impl Stages {
     /// A stage that helps the inference stage: it runs below it ([`crate::priority`]).
     pub(super) fn spawn(&mut self, name: &'static str, body: impl FnOnce() + Send + 'static) {
-        self.spawn_inference(name, move || {
+        self.spawn_ahead(name, move || {
             crate::priority::yield_to_inference();
             body()
         });
     }
 
-    /// A stage at the process's own priority: the small network's, and the decision stage.
-    pub(super) fn spawn_inference(&mut self, name: &'static str, body: impl FnOnce() + Send + 'static) {
+    /// A stage at the process's own priority, never behind the helpers: the small network's,
+    /// the decision stage (where the control unit reacts) and the remote stage (sending frames
+    /// away is how a starved edge catches up, so it must not wait behind the local backlog).
+    pub(super) fn spawn_ahead(&mut self, name: &'static str, body: impl FnOnce() + Send + 'static) {
         let thread = std::thread::Builder::new().name(name.to_string()).spawn(body).expect("spawning a pipeline stage thread");
         self.threads.push((name, thread));
     }
