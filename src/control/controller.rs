@@ -713,13 +713,13 @@ mod tests {
         let mut scene = Scene::new();
         let config = ControlConfig { threshold_max: 1.0, ..config(ControlMode::Adaptive) };
         let mut c = Controller::new(&config, Duration::from_millis(500), scene.at);
-        // A short queue of slow frames: the latency (600 ms against 250) speaks for the edge.
+        // A short queue of slow frames: the latency (600 ms against 150) speaks for the edge.
         scene.local = 1;
         scene.latency_ms = Some(600.0);
         let ticks = run(&mut scene, &mut c, 30, 0.0);
         let rising = &ticks[3];
         assert_eq!((rising.driver, rising.error), ("local latency", 1.0), "{rising:?}");
-        assert!(rising.reason.starts_with("local frames ready after 600 ms against target 250 ms: raising"), "{}", rising.reason);
+        assert!(rising.reason.starts_with("local frames ready after 600 ms against target 150 ms: raising"), "{}", rising.reason);
         // At 1 every frame goes remote: the last local frame's age no longer counts, the short
         // queue brings the threshold down and frames are kept local (and measured) again.
         assert!(ticks.iter().any(|t| t.threshold == 1.0), "{:?}", ticks.last());
