@@ -324,27 +324,9 @@ pub struct CompiledNet {
     presence_bias: Vec<f32>,
 }
 
-/// `W x + b` for `W` `[out, in]` row-major; eight partial sums per row let the compiler use
-/// vector instructions.
+/// `W x + b` for `W` `[out, in]` row-major.
 fn affine(weight: &[f32], bias: &[f32], x: &[f32]) -> Vec<f32> {
-    weight
-        .chunks_exact(x.len())
-        .zip(bias)
-        .map(|(row, b)| {
-            let mut lanes = [0f32; 8];
-            let (row_head, row_tail) = row.split_at(row.len() - row.len() % 8);
-            let (x_head, x_tail) = x.split_at(row_head.len());
-            for (w, v) in row_head.chunks_exact(8).zip(x_head.chunks_exact(8)) {
-                // Fixed-size arrays: no bounds checks in the loop, so it becomes vector code.
-                let (w, v): (&[f32; 8], &[f32; 8]) = (w.try_into().unwrap_or(&[0.0; 8]), v.try_into().unwrap_or(&[0.0; 8]));
-                for i in 0..8 {
-                    lanes[i] += w[i] * v[i];
-                }
-            }
-            let tail: f32 = row_tail.iter().zip(x_tail).map(|(w, v)| w * v).sum();
-            lanes.iter().sum::<f32>() + tail + b
-        })
-        .collect()
+    affine_widened(weight, bias, x, |w| w)
 }
 
 /// f32 → bfloat16, rounding to nearest even (weights are finite).
@@ -355,16 +337,22 @@ fn to_bf16(v: f32) -> u16 {
 
 /// [`affine`] with bfloat16 weights.
 fn affine_bf16(weight: &[u16], bias: &[f32], x: &[f32]) -> Vec<f32> {
-    let widen = |w: u16| f32::from_bits((w as u32) << 16);
+    affine_widened(weight, bias, x, |w| f32::from_bits(u32::from(w) << 16))
+}
+
+/// `W x + b` with each weight read through `widen`; eight partial sums per row let the compiler
+/// use vector instructions (monomorphised per weight type, so `widen` is inlined).
+fn affine_widened<W: Copy + Default>(weight: &[W], bias: &[f32], x: &[f32], widen: impl Fn(W) -> f32) -> Vec<f32> {
     weight
         .chunks_exact(x.len())
         .zip(bias)
         .map(|(row, b)| {
-            let mut lanes = [0f32; 8];
+            let (mut lanes, zeros) = ([0f32; 8], [W::default(); 8]);
             let (row_head, row_tail) = row.split_at(row.len() - row.len() % 8);
             let (x_head, x_tail) = x.split_at(row_head.len());
             for (w, v) in row_head.chunks_exact(8).zip(x_head.chunks_exact(8)) {
-                let (w, v): (&[u16; 8], &[f32; 8]) = (w.try_into().unwrap_or(&[0; 8]), v.try_into().unwrap_or(&[0.0; 8]));
+                // Fixed-size arrays: no bounds checks in the loop, so it becomes vector code.
+                let (w, v): (&[W; 8], &[f32; 8]) = (w.try_into().unwrap_or(&zeros), v.try_into().unwrap_or(&[0.0; 8]));
                 for i in 0..8 {
                     lanes[i] += widen(w[i]) * v[i];
                 }
