@@ -2,9 +2,9 @@
 //! inference only if decoding, pre- and post-processing and the outputs fit on the other
 //! core(s) and step aside whenever the scheduler puts them on the inference thread's core.
 //! Every other busy thread (the pipeline's stages, the sink, the overlay encoder, a replay's
-//! decoder) therefore lowers its own priority: a higher nice value, allowed without privileges, and
-//! weighed only against the threads of the same scheduling group (the session, or the
-//! service's cgroup), so the process as a whole competes with others as before.
+//! decoder) therefore lowers its own priority: a higher nice value, allowed without
+//! privileges, and weighed only against the threads of the same scheduling group (the session,
+//! or the service's cgroup), so the process as a whole competes with others as before.
 //!
 //! Measured with `edgeseg bench pipeline` on `videos/vtest.avi` (768x576, overlay on) and the
 //! real small network on a 2-core machine: pipeline / bare network 0.919 with every thread
@@ -13,11 +13,10 @@
 //! Some threads keep the process's priority, because what they do cannot wait: a live source's
 //! streaming threads (a camera's frames are lost when not taken, [`SourceThreads`]), the
 //! decision stage, where the control unit reacts to the device's load, and the remote stage,
-//! through which a starved device sheds its work (behind the local backlog, frames waited to be
-//! sent until their deadline passed, and the controller read that as a failing remote). Starved behind the
-//! inference thread on a loaded device, they lost frames before any threshold could help
-//! (`tests/it/control.rs`: 10-15 % of a live stream dropped in `adaptive` mode under a hog, 1-2 %
-//! with them at the process's priority).
+//! through which a starved device sheds its work. Starved behind the inference thread on a
+//! device loaded by other work, they lost frames before any threshold could help, and frames
+//! sent remote waited to be sent until their deadline passed, which the controller read as a
+//! failing remote (README, "Control unit": the `bench control` steps).
 
 /// How far below the inference thread the other threads run, in nice steps: at +10 a thread
 /// weighs about a tenth of one at +0 when both want the same core.
@@ -27,8 +26,7 @@ pub const HELPER_NICE: i32 = 10;
 /// Idempotent, so a thread that announces itself twice (GStreamer's thread pools) stays there.
 pub fn yield_to_inference() {
     #[cfg(target_os = "linux")]
-    // SAFETY: gettid only names the calling thread.
-    lower(unsafe { libc::gettid() });
+    lower(current_thread());
 }
 
 /// Lowers thread `tid` of this process as [`yield_to_inference`] does.
