@@ -138,6 +138,8 @@ fn own_session(command: &mut std::process::Command, cpus: Option<Vec<usize>>, ni
             libc::setsid();
             if let Some(cpus) = &cpus {
                 place(cpus, nice, 0)?;
+            } else {
+                libc::setpriority(libc::PRIO_PROCESS, 0, nice);
             }
             let fd = libc::open(c"/proc/self/autogroup".as_ptr(), libc::O_WRONLY);
             if fd >= 0 {
@@ -177,12 +179,15 @@ pub fn device_and_remote() -> Option<(Placement, Placement)> {
 }
 
 /// Foreign load on the device: a spinning shell loop per CPU, in a process and session of their
-/// own, as another service's work would be, until dropped. The kernel shares a CPU between
-/// sessions (autogroups) before it looks at threads, so the hog's session is given the nice
-/// value that makes it weigh `weight` times this process's session: the edge then keeps about
+/// own, as another service's work would be, until dropped. Where the kernel shares a CPU between
+/// sessions (autogroups) before it looks at threads, the hog's session is given the nice value
+/// that makes it weigh `weight` times this process's session: the edge then keeps about
 /// 1 / (weight + 1) of the hog's CPUs, however its own threads divide that share (the
-/// pipeline's helpers run below its inference thread, see [`crate::priority`]). A session's
-/// nice can be lowered only with CAP_SYS_NICE; without it the hog weighs as much as the edge.
+/// pipeline's helpers run below its inference thread, see [`crate::priority`]). Where it does
+/// not (autogroup switched off, or the process in a cgroup of its own, as in many CI
+/// containers), threads compete one by one, so each loop also gets the nice value that weighs
+/// `weight` times a thread at the placement's nice (this thread's where none is given).
+/// Lowering either needs CAP_SYS_NICE; without it the hog weighs as much as the edge.
 pub struct CpuHog {
     child: Option<std::process::Child>,
 }
@@ -192,12 +197,14 @@ impl CpuHog {
     /// cannot be started is logged and skipped: the caller's assertions then say the load did
     /// not come.
     pub fn start(weight: usize, placement: Option<Placement>) -> Self {
+        let thread_nice = placement.as_ref().map_or_else(crate::priority::current_nice, |p| p.nice);
         let cpus = placement.map(|p| p.cpus).filter(|cpus| cpus.iter().all(|&cpu| cpu < libc::CPU_SETSIZE as usize));
         let loops = cpus.as_ref().map(Vec::len).or_else(|| crate::control::system::allowed_cpus().map(|c| c.len())).unwrap_or(1);
         let mut command = std::process::Command::new("/bin/sh");
         command.arg("-c").arg(format!("i=0; while [ $i -lt {loops} ]; do (while :; do :; done) & i=$((i+1)); done; wait"));
         command.stdin(std::process::Stdio::null());
-        own_session(&mut command, cpus, 0, outweighing_nice(session_nice(), weight.max(1)));
+        let weight = weight.max(1);
+        own_session(&mut command, cpus, outweighing_nice(thread_nice, weight), outweighing_nice(session_nice(), weight));
         let child = command.spawn().map_err(|e| tracing::warn!(error = %e, "could not start the CPU hog (/bin/sh)")).ok();
         CpuHog { child }
     }
@@ -213,6 +220,29 @@ impl Drop for CpuHog {
             let _ = child.wait();
         }
     }
+}
+
+/// Whether the kernel shares CPUs between sessions (autogroups) before threads: autogroup
+/// switched on, and this process in no cgroup of its own with the cpu controller (the kernel
+/// groups only tasks of the root task group by session). Where not, a [`CpuHog`]'s loops meet
+/// each thread one by one, so the same weight loads a pipeline much harder.
+pub fn sessions_share_cpus() -> bool {
+    let enabled = std::fs::read_to_string("/proc/sys/kernel/sched_autogroup_enabled").is_ok_and(|s| s.trim() == "1");
+    enabled
+        && std::fs::read_to_string("/proc/self/cgroup").is_ok_and(|text| {
+            in_root_cpu_group(&text, |path| Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/')).join("cpu.weight").exists())
+        })
+}
+
+/// Whether `/proc/self/cgroup` text puts the process in the root cpu group: its cgroup v1 cpu
+/// hierarchy at `/`, or, with none, its cgroup v2 group at `/` or one without the cpu
+/// controller (`has_cpu_controller` says, given the v2 path).
+fn in_root_cpu_group(text: &str, has_cpu_controller: impl Fn(&str) -> bool) -> bool {
+    let entries: Vec<(&str, &str)> = text.lines().filter_map(|l| l.split_once(':')).filter_map(|(_, rest)| rest.split_once(':')).collect();
+    if let Some((_, path)) = entries.iter().find(|(controllers, _)| controllers.split(',').any(|c| c == "cpu")) {
+        return *path == "/";
+    }
+    entries.iter().find(|(controllers, _)| controllers.is_empty()).is_none_or(|(_, path)| *path == "/" || !has_cpu_controller(path))
 }
 
 /// The nice value of this process's session (autogroup), 0 where the kernel has none.
@@ -311,6 +341,9 @@ pub struct ControlBench {
     pub remote: Option<Placement>,
     /// Whether the priorities could be raised.
     pub prioritised: bool,
+    /// Whether the hog weighed against the edge's session or against its threads one by one
+    /// (see [`sessions_share_cpus`]).
+    pub sessions_share_cpus: bool,
     pub modes: Vec<ModeResult>,
 }
 
@@ -390,6 +423,7 @@ pub fn control(config: &EdgeConfig, options: &ControlBenchOptions) -> Result<Con
         device,
         remote,
         prioritised,
+        sessions_share_cpus: sessions_share_cpus(),
         modes,
     };
     let json = out.join("bench-control.json");
@@ -550,11 +584,16 @@ pub fn describe(bench: &ControlBench) -> String {
         _ => "device and worker share one CPU".to_string(),
     };
     format!(
-        "bench control: {} replayed live, {:.0} s calm then {:.0} s with a hog weighing {} times the edge on the device's CPU\n  small {}, large {}; {placement}",
+        "bench control: {} replayed live, {:.0} s calm then {:.0} s with a hog weighing {} times {} on the device's CPU\n  small {}, large {}; {placement}",
         bench.video.display(),
         bench.calm_s,
         bench.loaded_s,
         bench.hog_weight,
+        if bench.sessions_share_cpus {
+            "the edge's session"
+        } else {
+            "each edge thread at the device's nice (this kernel shares CPUs between threads, not sessions: a heavier load)"
+        },
         bench.small_model.display(),
         bench.large_model.display(),
     )
@@ -631,6 +670,7 @@ mod tests {
             device: None,
             remote: None,
             prioritised: false,
+            sessions_share_cpus: true,
             modes: vec![mode("fixed", 40, 1800.0), mode("adaptive", 2, 420.0)],
         };
         let text = table(&bench);
@@ -655,6 +695,11 @@ mod tests {
         let pid = hog.child.as_ref().expect("the hog started").id() as i32;
         // SAFETY: signal 0 only asks whether the process group exists.
         assert_eq!(unsafe { libc::kill(-pid, 0) }, 0, "the hog runs in a process group of its own");
+        // SAFETY: reads a scheduling attribute of our own child; geteuid cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, pid as libc::id_t) };
+            assert_eq!(nice, outweighing_nice(0, 2), "each loop outweighs a thread at the placement's nice");
+        }
         drop(hog);
         // The loops die with SIGKILL; whoever adopted them reaps them a moment later.
         let gone = (0..200).any(|_| {
@@ -663,6 +708,17 @@ mod tests {
             (unsafe { libc::kill(-pid, 0) }) != 0
         });
         assert!(gone, "no spinning loop is left behind");
+    }
+
+    #[test]
+    fn the_root_cpu_group_is_read_from_either_cgroup_version() {
+        let v1 = |cpu: &str| format!("9:name=systemd:/\n4:memory:/api/1\n1:cpu,cpuacct:{cpu}\n0::/\n");
+        assert!(in_root_cpu_group(&v1("/"), |_| true));
+        assert!(!in_root_cpu_group(&v1("/docker/abc"), |_| false), "a v1 cpu group of its own");
+        assert!(in_root_cpu_group("0::/\n", |_| true));
+        assert!(in_root_cpu_group("0::/user.slice/a.scope\n", |_| false), "v2 without the cpu controller");
+        assert!(!in_root_cpu_group("0::/system.slice/edge.service\n", |path| path == "/system.slice/edge.service"));
+        assert!(in_root_cpu_group("", |_| true), "no cgroups at all");
     }
 
     #[test]
