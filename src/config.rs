@@ -342,13 +342,15 @@ pub struct IngestConfig {
     pub live: Liveness,
     /// Threads per software decoder; 0 leaves the decoder's own choice.
     pub decoder_threads: u32,
+    /// Frames taken from the source before the run ends as at end of stream; 0: no limit.
+    pub max_frames: u64,
     #[serde(deserialize_with = "scalar_strings")]
     pub params: BTreeMap<String, String>,
 }
 
 impl Default for IngestConfig {
     fn default() -> Self {
-        IngestConfig { pipeline: PathBuf::new(), live: Liveness::default(), decoder_threads: 1, params: BTreeMap::new() }
+        IngestConfig { pipeline: PathBuf::new(), live: Liveness::default(), decoder_threads: 1, max_frames: 0, params: BTreeMap::new() }
     }
 }
 
@@ -1118,6 +1120,7 @@ mod tests {
         assert_eq!(minimal.model.intra_threads.get(), 2);
         assert_eq!(minimal.pipeline.max_frame_bytes_in_flight(), 32 << 20);
         assert_eq!(minimal.ingest.decoder_threads, 1);
+        assert_eq!(minimal.ingest.max_frames, 0, "no limit");
         assert_eq!(minimal.output.dir, dir.path().join("out"), "relative to the file");
         assert_eq!(minimal.metrics.listen, None, "no port is opened unless asked for");
         assert_eq!((minimal.health.stall_s.get(), minimal.health.live_silence_s.period()), (Duration::from_secs(10), None));

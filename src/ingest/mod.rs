@@ -112,12 +112,17 @@ pub struct IngestOptions {
     /// Threads of each software decoder in the pipeline (`max-threads` of the libav decoders);
     /// 0 leaves the decoder's own choice. Every decoder thread holds frames of its own.
     pub decoder_threads: u32,
+    /// Frames taken before the source ends as at end of stream (a replay's first frames, a
+    /// camera's first minute); 0: no limit. Counted here rather than by an element in the
+    /// pipeline: `identity eos-after` stops only where every element upstream obeys the one
+    /// end-of-stream it returns, and a threaded decoder sometimes does not.
+    pub max_frames: u64,
     pub budget: FrameBudget,
 }
 
 impl Default for IngestOptions {
     fn default() -> Self {
-        IngestOptions { liveness: Liveness::Auto, capacity: 4, decoder_threads: 1, budget: FrameBudget::unlimited() }
+        IngestOptions { liveness: Liveness::Auto, capacity: 4, decoder_threads: 1, max_frames: 0, budget: FrameBudget::unlimited() }
     }
 }
 
@@ -154,6 +159,7 @@ struct Delivery {
     budget: FrameBudget,
     shutdown: Shutdown,
     seq: u64,
+    max_frames: u64,
     /// Made for the caps of the first sample, remade when they change.
     to_bgr: Option<ToBgr>,
     outcome: Arc<DeliveryOutcome>,
@@ -240,6 +246,7 @@ impl Source {
             budget: options.budget.clone(),
             shutdown: outlet.shutdown,
             seq: 0,
+            max_frames: options.max_frames,
             to_bgr: None,
             outcome: delivery.clone(),
             nudge: nudge.clone(),
@@ -370,6 +377,10 @@ impl Delivery {
     /// Sends one frame on; `false` when the consumer is gone or a stop was requested. The frame
     /// is made only once the budget has room for it.
     fn deliver(&mut self, sample: &gst::Sample) -> Result<bool, IngestError> {
+        if self.max_frames != 0 && self.seq >= self.max_frames {
+            tracing::info!(origin = %self.origin, frames = self.max_frames, "ingest.max_frames taken, the source ends here");
+            return Ok(false);
+        }
         let info = sample_info(sample, &self.origin)?;
         let bytes = FrameBudget::frame_bytes(info.width(), info.height());
         let position = self.seq;

@@ -154,6 +154,7 @@ pub fn run_with(
         liveness: config.ingest.live,
         capacity: cap,
         decoder_threads: config.ingest.decoder_threads,
+        max_frames: config.ingest.max_frames,
         budget: budget.clone(),
     };
     let ingest = crate::ingest::spawn(spec, &ingest_options, shutdown.clone())?;

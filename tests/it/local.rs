@@ -79,6 +79,23 @@ fn replay_yields_one_record_per_frame_in_order_with_frame_sized_masks() {
 }
 
 #[test]
+fn a_replay_limited_to_its_first_frames_ends_after_them_and_writes_them_all() {
+    const FIRST: usize = 5;
+    let _machine = common::shared_machine();
+    let dir = tempfile::tempdir().unwrap();
+    let config = edge_config(dir.path(), &short_video(), "");
+    let result = run_config(&config, &["--set", &format!("ingest.max_frames={FIRST}")]);
+    assert!(result.status.success(), "{}", result.stderr);
+    let out = dir.path().join("out");
+    let seqs: Vec<u64> = records(&out).iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (0..FIRST as u64).collect::<Vec<_>>(), "the first frames, in order, none lost");
+    assert_eq!(count_frames(&out.join("overlay.mp4")), FIRST, "the overlay video is closed with every frame");
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!((summary["frames_in"].as_u64(), summary["frames_out"].as_u64()), (Some(FIRST as u64), Some(FIRST as u64)));
+    assert!(result.stderr.contains("ingest.max_frames taken"), "the log says why the source ended:\n{}", result.stderr);
+}
+
+#[test]
 fn live_source_drops_oldest_when_the_consumer_is_slow_and_is_never_blocked() {
     let _machine = common::shared_machine();
     common::fixtures();

@@ -219,14 +219,7 @@ fn real_large_network_segments_people_over_the_remote_path() {
     let video = edgeseg::infer::manifest::assets_dir().join("videos/vtest.avi");
     let config = common::edge_config(dir.path(), &video, &remote);
     const FRAMES: usize = 6;
-    let pipeline = dir.path().join("first_frames.pipeline");
-    std::fs::write(
-        &pipeline,
-        format!("filesrc location=\"${{location}}\" ! decodebin ! videoconvert ! video/x-raw,format=BGR ! identity eos-after={FRAMES} ! appsink name=sink\n"),
-    )
-    .unwrap();
-    let overrides =
-        [format!("model.manifest={}", root.join("models/deeplab-small.toml").display()), format!("ingest.pipeline={}", pipeline.display())];
+    let overrides = [format!("model.manifest={}", root.join("models/deeplab-small.toml").display()), format!("ingest.max_frames={FRAMES}")];
 
     let (outcome, records) = run_in_process(&config, &overrides);
     worker.shutdown();
