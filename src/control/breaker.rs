@@ -29,6 +29,19 @@ pub enum BreakerState {
     HalfOpen,
 }
 
+impl BreakerState {
+    pub const ALL: [BreakerState; 3] = [BreakerState::Closed, BreakerState::Open, BreakerState::HalfOpen];
+
+    /// The name `metrics.jsonl` and `/metrics` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half-open",
+        }
+    }
+}
+
 /// What the breaker says about one frame.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Permit {

@@ -117,6 +117,8 @@ pub struct ControlTick {
     pub driver: &'static str,
     pub reason: String,
     pub breaker: BreakerState,
+    /// Times the breaker opened since the start.
+    pub breaker_opened: u64,
     /// Share of frames sent remote, recent.
     pub remote_fraction: f32,
     /// The local queue the adaptive mode holds to, so the file alone shows the target.
@@ -125,6 +127,22 @@ pub struct ControlTick {
     /// Frames decided during the tick.
     pub frames: u32,
     pub signals: TickSignals,
+}
+
+/// The controller's last tick, kept for readers that look now and then (the `/metrics`
+/// scrape) rather than follow every tick as `metrics.jsonl` does.
+#[derive(Debug, Default)]
+pub struct LatestTick(std::sync::Mutex<Option<ControlTick>>);
+
+impl LatestTick {
+    pub fn set(&self, tick: &ControlTick) {
+        *self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(tick.clone());
+    }
+
+    /// `None` until the first tick (or without a controller).
+    pub fn get(&self) -> Option<ControlTick> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
 }
 
 /// One frame's route and, when something other than the score against the threshold chose
@@ -347,6 +365,7 @@ impl Controller {
             driver: vote.driver,
             reason: self.reason.clone(),
             breaker: self.breaker.state(),
+            breaker_opened: self.breaker.times_opened(),
             remote_fraction: self.remote_fraction,
             target_local_queue: (self.config.mode == ControlMode::Adaptive).then_some(self.config.target_local_queue),
             frames: window.frames,

@@ -26,7 +26,7 @@ use std::time::Instant;
 use crate::config::{Count, RemoteConfig, Routing};
 use crate::frame::{Decision, Job, Route};
 use crate::metrics::{QueueSample, RemoteHealthSnapshot};
-pub use controller::{ControlTick, Controller};
+pub use controller::{ControlTick, Controller, LatestTick};
 pub use policy::ThresholdPolicy;
 pub use score::{ConstantScore, Score, ScoreError, Scored, UniformScore};
 pub use system::Battery;

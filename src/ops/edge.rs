@@ -17,6 +17,8 @@ use prometheus_client::registry::{Registry, Unit};
 use super::exposition::{self, Scrape, Scraped};
 use super::{RateMeter, Vitals};
 use crate::config::{EdgeConfig, Routing};
+use crate::control::breaker::BreakerState;
+use crate::control::LatestTick;
 use crate::frame::{Route, Segmented};
 use crate::ingest::IngestStats;
 use crate::metrics::health::{Condition, PipelineCounts, PipelineLimits, PipelineWatch};
@@ -29,6 +31,8 @@ pub struct PipelineView {
     pub ingest: Arc<IngestStats>,
     /// `None` when the remote path is off.
     pub remote: Option<Arc<RemoteHealth>>,
+    /// The control unit's last tick; never set where no controller runs (fixed routing).
+    pub control: Arc<LatestTick>,
 }
 
 type StageLabel = [(&'static str, &'static str); 1];
@@ -174,6 +178,9 @@ impl EdgeShared {
                 r.connected_workers, r.rtt_ms, r.in_flight, r.failures
             ));
         }
+        if let Some(breaker) = view.control.get().map(|tick| tick.breaker).filter(|&b| b != BreakerState::Closed) {
+            line.push_str(&format!("; breaker {}", breaker.name()));
+        }
         line
     }
 }
@@ -219,6 +226,16 @@ impl Scraped for EdgeShared {
             Some(Unit::Seconds),
             &self.latency,
         )?;
+        if let Some(tick) = view.control.get() {
+            let states = BreakerState::ALL.map(|state| ([("state", state.name())], i64::from(state == tick.breaker)));
+            scrape.gauges(
+                "remote_breaker",
+                "The remote circuit breaker's state, 1 for the current one (open: frames stay local)",
+                None,
+                states,
+            )?;
+            scrape.counter("remote_breaker_opened", "Times the remote circuit breaker opened", tick.breaker_opened)?;
+        }
         if let Some(remote) = &view.remote {
             let r = remote.snapshot();
             scrape.counter("remote_sent", "Frames sent to remote workers", r.sent)?;

@@ -33,6 +33,7 @@ use std::time::Instant;
 use crossbeam_channel::bounded;
 
 use crate::config::{EdgeConfig, Routing, ScoreChoice};
+use crate::control::LatestTick;
 use crate::decision::{check_split, DecisionScore, SmallHead};
 use crate::frame::{Frame, Job, Segmented};
 use crate::infer::{InferError, Model};
@@ -179,7 +180,13 @@ pub fn run_with(
         stages.spawn_ahead("remote", remote::remote_stage(client, remote_rx, answered, local_tx.clone(), max_in_flight, health.clone()));
         remote_tx
     });
-    telemetry.attach(PipelineView { queues: queues.clone(), ingest: ingest.stats.clone(), remote: remote_health.clone() });
+    let latest_tick = Arc::new(LatestTick::default());
+    telemetry.attach(PipelineView {
+        queues: queues.clone(),
+        ingest: ingest.stats.clone(),
+        remote: remote_health.clone(),
+        control: latest_tick.clone(),
+    });
     let local_latency = Arc::new(LatencyGauge::default());
     let device = DeviceReadings::new(config.control.power_supply_dir.clone(), config.control.interval_ms.get());
     let signals = SignalSource { queues: queues.clone(), local_latency: local_latency.clone(), remote: remote_health.clone(), device };
@@ -211,8 +218,14 @@ pub fn run_with(
         })
         .expect("spawning the sink thread");
 
-    let watched =
-        Watched { queues: queues.clone(), ingest: ingest.stats.clone(), remote: remote_health.clone(), control: ticks_rx, started };
+    let watched = Watched {
+        queues: queues.clone(),
+        ingest: ingest.stats.clone(),
+        remote: remote_health.clone(),
+        control: ticks_rx,
+        latest_tick,
+        started,
+    };
     let monitor = Monitor::start(watched, config.output.metrics_interval_ms.period().map(|period| (config.output.dir.as_path(), period)));
 
     match ingest.thread.join() {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::select;
 use serde::Serialize;
 
-use crate::control::ControlTick;
+use crate::control::{ControlTick, LatestTick};
 use crate::ingest::IngestStats;
 use crate::metrics::{QueueDepths, RemoteHealth, RemoteHealthSnapshot};
 use crate::shutdown::Shutdown;
@@ -75,6 +75,8 @@ pub(super) struct Watched {
     pub(super) remote: Option<Arc<RemoteHealth>>,
     /// The controller's ticks, written as they come.
     pub(super) control: crossbeam_channel::Receiver<ControlTick>,
+    /// Where the last tick is kept for `/metrics`.
+    pub(super) latest_tick: Arc<LatestTick>,
     pub(super) started: Instant,
 }
 
@@ -97,6 +99,7 @@ impl Monitor {
                 let mut last_write = Instant::now();
                 let write_ticks = |writer: &mut Option<(MetricsWriter, Duration)>| {
                     for tick in watched.control.try_iter() {
+                        watched.latest_tick.set(&tick);
                         let t_s = tick.at.saturating_duration_since(watched.started).as_secs_f64();
                         if let Some((writer, _)) = writer.as_mut() {
                             writer.write(&ControlSample { t_s, control: &tick });

@@ -28,6 +28,7 @@ use crossbeam_channel::{Receiver, Sender};
 use edgeseg::bench::control::{device_and_remote, sessions_share_cpus, worker_toml, CpuHog, Placement, WorkerProcess};
 use edgeseg::config::{EdgeConfig, WorkerConfig};
 use edgeseg::frame::Segmented;
+use edgeseg::ops::{EdgeTelemetry, Vitals};
 use edgeseg::pipeline::RunSummary;
 use edgeseg::remote::worker::Worker;
 use edgeseg::shutdown::Shutdown;
@@ -87,6 +88,8 @@ struct Run {
     ticks: Vec<(f64, Value)>,
     /// The monitor's samples.
     samples: Vec<Value>,
+    /// `/metrics` as a scrape right after the run would have read it.
+    scraped: String,
 }
 
 impl Run {
@@ -149,14 +152,17 @@ fn start_edge(
         let mut all: Vec<String> = NO_EXTRA_OUTPUTS.iter().map(|s| s.to_string()).collect();
         all.extend(overrides);
         let config = EdgeConfig::load(&config, &all).expect("loading edge.toml");
-        let outcome = edgeseg::pipeline::run_observed(&config, &Shutdown::new(), observers).expect("starting the edge pipeline");
+        let telemetry = EdgeTelemetry::new(&config);
+        let outcome = edgeseg::pipeline::run_with(&config, &Shutdown::new(), observers, &telemetry).expect("starting the edge pipeline");
+        let mut scraped = String::new();
+        telemetry.encode_metrics(&mut scraped).expect("encoding /metrics");
         assert!(outcome.error.is_none(), "run failed: {:?}", outcome.error);
         let dir = &config.output.dir;
         let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).expect("metrics.jsonl");
         let lines: Vec<Value> = metrics.lines().map(|l| serde_json::from_str(l).expect("metrics lines are JSON")).collect();
         let (ticks, samples): (Vec<Value>, Vec<Value>) = lines.into_iter().partition(|l| l.get("control").is_some());
         let ticks = ticks.into_iter().map(|mut l| (l["t_s"].as_f64().expect("t_s"), l["control"].take())).collect();
-        Run { summary: outcome.summary, records: common::records(dir), ticks, samples }
+        Run { summary: outcome.summary, records: common::records(dir), ticks, samples, scraped }
     })
 }
 
@@ -362,6 +368,12 @@ fn a_killed_worker_opens_the_breaker_and_a_restarted_one_closes_it() {
     );
     let remote_after = run.records_of(RESTART_AT..FRAMES).iter().filter(|r| kind(r) == "remote").count();
     assert!(remote_after > 0, "frames are answered remotely again after the restart:\n{report}");
+    // What a Prometheus scrape reads after the run: the breaker closed again, and it opened.
+    let scraped = |line: &str| run.scraped.lines().any(|l| l == line);
+    assert!(scraped("edgeseg_remote_breaker{state=\"closed\"} 1"), "{}", run.scraped);
+    assert!(scraped("edgeseg_remote_breaker{state=\"open\"} 0"), "{}", run.scraped);
+    let opened = run.scraped.lines().find_map(|l| l.strip_prefix("edgeseg_remote_breaker_opened_total "));
+    assert!(opened.and_then(|n| n.parse::<u64>().ok()).is_some_and(|n| n >= 1), "the breaker opened at least once:\n{}", run.scraped);
 }
 
 #[test]
