@@ -1,6 +1,6 @@
 # make demo: set up, build, and run the edge pipeline (plus a loopback worker) on the embedded default.
 # make test: set up, build, and run every test.
-# make install [DESTDIR=...] [PREFIX=/usr/local]: the services (systemd/README.md).
+# make install [DESTDIR=...] [PREFIX=/usr/local]: the services (systemd/README.md); make deb: the same as a .deb.
 CARGO ?= cargo
 ASSETS ?= $(or $(EDGESEG_ASSETS),../shared/assets)
 
@@ -23,7 +23,7 @@ CONFIG_PATHS = -e 's|"\.\./pipelines/|"$(DATADIR)/pipelines/|' -e 's|\.\./models
 EDGE_CAMERA = -e 's|pipelines/file.pipeline"|pipelines/v4l2.pipeline"|' \
 	-e 's|^location = .*|device = "/dev/video0"\nwidth = 640\nheight = 480\nframerate = "15/1"|'
 
-.PHONY: setup build demo test bench bench-pipeline bench-transport bench-link fuzz clean install uninstall check-units
+.PHONY: setup build demo test bench bench-pipeline bench-transport bench-link fuzz clean install uninstall check-units deb
 
 setup:
 	scripts/setup
@@ -85,6 +85,10 @@ install: target/release/edgeseg
 
 target/release/edgeseg:
 	$(CARGO) build --release --locked
+
+# What install puts in place, as target/debian/edgeseg_<version>_<arch>.deb (systemd/README.md).
+deb: target/release/edgeseg
+	scripts/deb
 
 # Everything install put there except the configs and the state directory.
 uninstall:

@@ -14,6 +14,7 @@ mod eval_segment;
 mod impaired_link;
 mod local;
 mod memory;
+mod package;
 mod real_models;
 mod remote;
 mod service;
