@@ -214,12 +214,15 @@ trait Transport: Send + Sync + 'static {
 }
 
 struct Quic {
-    connection: quinn::Connection,
+    /// Frames take them in turn (`--quic-connections`; one by default, as the edge client).
+    connections: Vec<quinn::Connection>,
+    next: std::sync::atomic::AtomicUsize,
 }
 
 impl Transport for Quic {
     async fn round_trip(&self, request: bytes::Bytes) -> Result<(), String> {
-        let (mut send, mut recv) = self.connection.open_bi().await.map_err(|e| e.to_string())?;
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.connections.len();
+        let (mut send, mut recv) = self.connections[i].open_bi().await.map_err(|e| e.to_string())?;
         // An owned chunk: quinn sends it without first copying it into its own buffer.
         send.write_chunk(request).await.map_err(|e| e.to_string())?;
         send.finish().map_err(|e| e.to_string())?;
@@ -532,6 +535,8 @@ pub struct TransportOptions {
     pub concurrency: usize,
     pub rounds: Option<usize>,
     pub link: Option<LinkSpec>,
+    /// QUIC connections the frames take in turn.
+    pub quic_connections: usize,
 }
 
 const LOOPBACK_DEFAULTS: (usize, &[&str], usize) = (200, &["160x120", "320x240", "640x480", "1280x720"], 5);
@@ -617,7 +622,10 @@ pub fn transport(options: &TransportOptions) -> Result<(), BenchError> {
     let result = runtime.block_on(async {
         let mut client = crate::remote::endpoint(SocketAddr::new(client_ip, 0), None).map_err(|e| setup(&e))?;
         client.set_default_client_config(tls::client_config(identity)?);
-        let connection = client.connect(quic_addr, "localhost").map_err(|e| setup(&e))?.await.map_err(|e| setup(&e))?;
+        let mut connections = Vec::new();
+        for _ in 0..options.quic_connections.max(1) {
+            connections.push(client.connect(quic_addr, "localhost").map_err(|e| setup(&e))?.await.map_err(|e| setup(&e))?);
+        }
         let connector = tokio_rustls::TlsConnector::from(Arc::new(tls::rustls_client_config(identity)?));
         let server_name = rustls_pki_types::ServerName::try_from("localhost").expect("literal DNS name");
         let tls_handshake = async |s| connector.connect(server_name.clone(), s).await;
@@ -630,7 +638,7 @@ pub fn transport(options: &TransportOptions) -> Result<(), BenchError> {
             None => None,
         };
         let clients = Clients {
-            quic: Arc::new(Quic { connection }),
+            quic: Arc::new(Quic { connections, next: Default::default() }),
             tcp: tcp_connections(tcp_addr, concurrency, plain).await?,
             tls: tcp_connections(tls_addr, concurrency, tls_handshake).await?,
             streams,
@@ -721,7 +729,7 @@ pub fn transport(options: &TransportOptions) -> Result<(), BenchError> {
             let stats = link.stats();
             println!("  link up: {}; down: {}", stats.up, stats.down);
         }
-        let stats = clients.quic.connection.stats();
+        let stats = clients.quic.connections[0].stats();
         println!("  QUIC path: mtu {} bytes, cwnd {} bytes, {} datagrams sent, {} lost packets, congestion events {}", stats.path.current_mtu, stats.path.cwnd, stats.udp_tx.datagrams, stats.path.lost_packets, stats.path.congestion_events);
         client.close(0u32.into(), b"done");
         server.close(0u32.into(), b"done");

@@ -288,6 +288,9 @@ enum BenchCommand {
         /// prefixes impair one direction only).
         #[arg(long, value_name = "SPEC")]
         link: Option<edgeseg::bench::link::LinkSpec>,
+        /// QUIC connections to the server that the frames take in turn (the edge client keeps one per worker).
+        #[arg(long, default_value_t = 1)]
+        quic_connections: usize,
     },
     /// What deciding costs against the small network (GFLOPs and ms, both bases).
     Decision {
@@ -513,8 +516,15 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     print!("{}", control::table(&bench));
                     println!("  wrote {}", options.out.join("bench-control.json").display());
                 }
-                BenchCommand::Transport { frames, sizes, concurrency, rounds, link } => {
-                    edgeseg::bench::transport(&edgeseg::bench::TransportOptions { frames, sizes, concurrency, rounds, link })?;
+                BenchCommand::Transport { frames, sizes, concurrency, rounds, link, quic_connections } => {
+                    edgeseg::bench::transport(&edgeseg::bench::TransportOptions {
+                        frames,
+                        sizes,
+                        concurrency,
+                        rounds,
+                        link,
+                        quic_connections,
+                    })?;
                 }
                 BenchCommand::Decision { config, dn, downscaled, runs } => {
                     let config = edgeseg::decision::config::DnConfig::load(&config, &[])?;
