@@ -95,6 +95,12 @@ pub fn short_video() -> PathBuf {
 
 pub const SHORT_VIDEO_FRAMES: usize = 24;
 
+/// Parsed `summary.json` of a finished run.
+pub fn summary(out: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(out.join("summary.json")).expect("reading summary.json");
+    serde_json::from_str(&text).expect("summary.json is JSON")
+}
+
 /// Parsed `records.jsonl`.
 pub fn records(out: &Path) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(out.join("records.jsonl")).unwrap_or_default();

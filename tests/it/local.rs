@@ -71,7 +71,7 @@ fn replay_yields_one_record_per_frame_in_order_with_frame_sized_masks() {
     }
     assert_eq!(count_frames(&out.join("overlay.mp4")), SHORT_VIDEO_FRAMES, "overlay video has every frame");
 
-    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let summary = common::summary(&out);
     assert_eq!(summary["frames_in"], SHORT_VIDEO_FRAMES as u64);
     assert_eq!(summary["frames_out"], SHORT_VIDEO_FRAMES as u64);
     assert_eq!(summary["dropped"], 0);
@@ -90,7 +90,7 @@ fn a_replay_limited_to_its_first_frames_ends_after_them_and_writes_them_all() {
     let seqs: Vec<u64> = records(&out).iter().map(|r| r["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, (0..FIRST as u64).collect::<Vec<_>>(), "the first frames, in order, none lost");
     assert_eq!(count_frames(&out.join("overlay.mp4")), FIRST, "the overlay video is closed with every frame");
-    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let summary = common::summary(&out);
     assert_eq!((summary["frames_in"].as_u64(), summary["frames_out"].as_u64()), (Some(FIRST as u64), Some(FIRST as u64)));
     assert!(result.stderr.contains("ingest.max_frames taken"), "the log says why the source ended:\n{}", result.stderr);
 }
@@ -160,7 +160,7 @@ fn sigterm_finishes_in_flight_frames_and_flushes_outputs() {
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
-    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let summary = common::summary(&out);
     let recs = records(&out);
     let frames_in = summary["frames_in"].as_u64().unwrap();
     let dropped = summary["dropped"].as_u64().unwrap();

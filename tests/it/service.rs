@@ -527,7 +527,7 @@ fn scraped_metrics_agree_with_the_edge_summary_and_the_worker_status() {
     worker.terminate();
     worker.wait_success(Duration::from_secs(60));
 
-    let summary: Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).expect("summary.json")).unwrap();
+    let summary = common::summary(&out);
     let number = |v: &Value| v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"));
     assert_eq!(sample(&edge_scrape, "edgeseg_frames_in_total"), number(&summary["frames_in"]));
     assert_eq!(sample(&edge_scrape, "edgeseg_frames_dropped_total"), number(&summary["dropped"]));
