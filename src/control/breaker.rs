@@ -20,9 +20,8 @@ pub struct BreakerSettings {
     pub cooldown: Duration,
 }
 
-/// The breaker's state, as written to `metrics.jsonl`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
+/// The breaker's state, as written to `metrics.jsonl` and `/metrics` (by [`BreakerState::name`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerState {
     Closed,
     Open,
@@ -39,6 +38,12 @@ impl BreakerState {
             BreakerState::Open => "open",
             BreakerState::HalfOpen => "half-open",
         }
+    }
+}
+
+impl serde::Serialize for BreakerState {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
     }
 }
 

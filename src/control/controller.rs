@@ -135,8 +135,8 @@ pub struct ControlTick {
 pub struct LatestTick(std::sync::Mutex<Option<ControlTick>>);
 
 impl LatestTick {
-    pub fn set(&self, tick: &ControlTick) {
-        *self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(tick.clone());
+    pub fn set(&self, tick: ControlTick) {
+        *self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(tick);
     }
 
     /// `None` until the first tick (or without a controller).

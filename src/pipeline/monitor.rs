@@ -99,11 +99,11 @@ impl Monitor {
                 let mut last_write = Instant::now();
                 let write_ticks = |writer: &mut Option<(MetricsWriter, Duration)>| {
                     for tick in watched.control.try_iter() {
-                        watched.latest_tick.set(&tick);
                         let t_s = tick.at.saturating_duration_since(watched.started).as_secs_f64();
                         if let Some((writer, _)) = writer.as_mut() {
                             writer.write(&ControlSample { t_s, control: &tick });
                         }
+                        watched.latest_tick.set(tick);
                     }
                 };
                 loop {
