@@ -344,13 +344,22 @@ pub struct IngestConfig {
     pub decoder_threads: u32,
     /// Frames taken from the source before the run ends as at end of stream; 0: no limit.
     pub max_frames: u64,
+    /// Seconds a recorded source may take to make its first frame before the run fails.
+    pub first_frame_timeout_s: u64,
     #[serde(deserialize_with = "scalar_strings")]
     pub params: BTreeMap<String, String>,
 }
 
 impl Default for IngestConfig {
     fn default() -> Self {
-        IngestConfig { pipeline: PathBuf::new(), live: Liveness::default(), decoder_threads: 1, max_frames: 0, params: BTreeMap::new() }
+        IngestConfig {
+            pipeline: PathBuf::new(),
+            live: Liveness::default(),
+            decoder_threads: 1,
+            max_frames: 0,
+            first_frame_timeout_s: 20,
+            params: BTreeMap::new(),
+        }
     }
 }
 
@@ -891,6 +900,8 @@ impl EdgeConfig {
         c.file("model.manifest", &self.model.manifest, "see models/*.toml");
         let threads = self.ingest.decoder_threads;
         c.check(threads <= 64, "ingest.decoder_threads", threads, "is outside 0..=64 (0 = the decoder's own choice)");
+        let first = self.ingest.first_frame_timeout_s;
+        c.check((1..=3600).contains(&first), "ingest.first_frame_timeout_s", first, "is outside 1..=3600");
         c.check(!self.output.dir.as_os_str().is_empty(), "output.dir", "(missing)", "must be set");
         c.check((0.0..=1.0).contains(&self.output.overlay_alpha), "output.overlay_alpha", self.output.overlay_alpha, "is outside 0..=1");
         let interval = self.output.metrics_interval_ms.units();
@@ -1147,6 +1158,7 @@ mod tests {
             ("pipeline.max_frame_mib_in_flight=0", "pipeline.max_frame_mib_in_flight = 0", "is outside 1..=65536"),
             ("ingest.decoder_threads=65", "ingest.decoder_threads = 65", "is outside 0..=64"),
             ("ingest.decoder_threads=-1", "ingest.decoder_threads = -1", "is not accepted"),
+            ("ingest.first_frame_timeout_s=0", "ingest.first_frame_timeout_s = 0", "is outside 1..=3600"),
             ("model.intra_threads=0", "model.intra_threads = 0", "is outside 1..=64"),
             ("model.inter_threads=65", "model.inter_threads = 65", "is outside 1..=64"),
             ("model.optimization=\"most\"", "model.optimization = most", "unknown variant"),

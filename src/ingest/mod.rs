@@ -52,6 +52,8 @@ pub enum IngestError {
     Element { origin: String, element: String, message: String, debug: Option<String>, hint: String },
     #[error("pipeline {origin} could not start: {message}")]
     Start { origin: String, message: String },
+    #[error("pipeline {origin} made no first frame within {seconds} s: {why}")]
+    NoFirstFrame { origin: String, seconds: u64, why: String },
     #[error("pipeline {origin} delivered a sample without usable video caps (expected raw video in system memory): {message}")]
     Caps { origin: String, message: String },
     #[error(
@@ -117,12 +119,24 @@ pub struct IngestOptions {
     /// pipeline: `identity eos-after` stops only where every element upstream obeys the one
     /// end-of-stream it returns, and a threaded decoder sometimes does not.
     pub max_frames: u64,
+    /// How long a source that prerolls (a recording, not a camera) may take to produce its
+    /// first frame. Past it the run fails instead of waiting for ever: `decodebin` drops the
+    /// error of a demuxer that fails while it is still being plugged in (a truncated file, on a
+    /// loaded machine), and nothing else would ever end the run.
+    pub first_frame_timeout: Duration,
     pub budget: FrameBudget,
 }
 
 impl Default for IngestOptions {
     fn default() -> Self {
-        IngestOptions { liveness: Liveness::Auto, capacity: 4, decoder_threads: 1, max_frames: 0, budget: FrameBudget::unlimited() }
+        IngestOptions {
+            liveness: Liveness::Auto,
+            capacity: 4,
+            decoder_threads: 1,
+            max_frames: 0,
+            first_frame_timeout: Duration::from_secs(20),
+            budget: FrameBudget::unlimited(),
+        }
     }
 }
 
@@ -290,11 +304,22 @@ impl Source {
         appsink.set_drop(live);
         source_threads.decide(live);
         let prerolled = match paused {
-            Ok(gst::StateChangeSuccess::Async) => pipeline.state(gst::ClockTime::from_seconds(10)).0,
+            Ok(gst::StateChangeSuccess::Async) => {
+                pipeline.state(gst::ClockTime::from_nseconds(options.first_frame_timeout.as_nanos() as u64)).0
+            }
             other => other,
         };
-        let playing = prerolled.and_then(|_| pipeline.set_state(gst::State::Playing));
         let source = Source { spec, pipeline, appsink, live, wake, delivery };
+        if prerolled == Ok(gst::StateChangeSuccess::Async) {
+            let err = bus_error(&source.pipeline, &source.spec.origin, Duration::ZERO).unwrap_or_else(|| IngestError::NoFirstFrame {
+                origin: source.spec.origin.clone(),
+                seconds: options.first_frame_timeout.as_secs(),
+                why: no_first_frame_reason(&source.pipeline),
+            });
+            source.stop();
+            return Err(err);
+        }
+        let playing = prerolled.and_then(|_| source.pipeline.set_state(gst::State::Playing));
         if playing.is_err() {
             let err = bus_error(&source.pipeline, &source.spec.origin, Duration::from_secs(2)).unwrap_or_else(|| IngestError::Start {
                 origin: source.spec.origin.clone(),
@@ -516,6 +541,20 @@ fn bus_error(pipeline: &gst::Pipeline, origin: &str, wait: Duration) -> Option<I
     let debug = err.debug().map(|d| d.to_string());
     let hint = hint_for(&element, &message, debug.as_deref());
     Some(IngestError::Element { origin: origin.to_string(), element, message, debug, hint })
+}
+
+/// What a pipeline that never prerolled says about why: a demuxer that exposed no stream is
+/// the usual culprit (its own error may have been dropped by `decodebin`, see
+/// [`IngestOptions::first_frame_timeout`]).
+fn no_first_frame_reason(pipeline: &gst::Pipeline) -> String {
+    let is_demuxer = |e: &gst::Element| e.factory().is_some_and(|f| f.klass().contains("Demux"));
+    match pipeline.iterate_recurse().into_iter().flatten().find(|e| is_demuxer(e) && e.src_pads().is_empty()) {
+        Some(demuxer) => format!(
+            "demuxer {} found no stream in its input (the file looks corrupt, truncated or not a video: re-record or re-copy it)",
+            demuxer.name()
+        ),
+        None => "check that the source produces video, or raise ingest.first_frame_timeout_s for a slow one".to_string(),
+    }
 }
 
 /// Turns the commonest GStreamer failures into an instruction for the operator.

@@ -28,7 +28,7 @@ mod stage;
 mod summary;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::bounded;
 
@@ -156,6 +156,7 @@ pub fn run_with(
         capacity: cap,
         decoder_threads: config.ingest.decoder_threads,
         max_frames: config.ingest.max_frames,
+        first_frame_timeout: Duration::from_secs(config.ingest.first_frame_timeout_s),
         budget: budget.clone(),
     };
     let ingest = crate::ingest::spawn(spec, &ingest_options, shutdown.clone())?;

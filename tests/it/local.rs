@@ -307,6 +307,34 @@ fn truncated_video_is_a_clear_error() {
     assert_fails_with(&run_config(&config, &[]), &["typefind"]);
 }
 
+/// A recording that never makes its first frame ends the run, naming a demuxer that found no
+/// stream where there is one: that is what a truncated file looks like when `decodebin` drops
+/// the demuxer's own error (it does while it is still plugging the demuxer in, on a loaded
+/// machine), and the run must not wait for ever.
+#[test]
+fn a_recording_that_makes_no_first_frame_is_a_clear_error() {
+    let _machine = common::shared_machine();
+    let dir = tempfile::tempdir().unwrap();
+    let config = edge_config(dir.path(), &short_video(), "");
+    let cases = [
+        (
+            "stuck-demuxer.pipeline",
+            "appsrc caps=video/quicktime ! qtdemux ! videoconvert ! appsink name=sink",
+            "demuxer qtdemux0 found no stream",
+        ),
+        (
+            "idle.pipeline",
+            "appsrc caps=video/x-raw,format=BGR,width=8,height=8,framerate=10/1 ! videoconvert ! appsink name=sink",
+            "raise ingest.first_frame_timeout_s",
+        ),
+    ];
+    for (name, description, why) in cases {
+        let pipeline = common::pipeline_file(dir.path(), name, description);
+        let result = run_config(&config, &["--pipeline", pipeline.to_str().unwrap(), "--set", "ingest.first_frame_timeout_s=1"]);
+        assert_fails_with(&result, &[name, "made no first frame within 1 s", why]);
+    }
+}
+
 #[test]
 fn stream_error_midway_keeps_everything_written_before_it() {
     let _machine = common::shared_machine();
