@@ -9,7 +9,8 @@
 //!   remote and brings the local queue back under its target; `fixed` drops frames instead;
 //! - a worker killed mid-run: the breaker opens and frames stay local, none is lost; restarted:
 //!   the breaker closes and frames go remote again;
-//! - an overloaded worker (a queue of one): the threshold falls and fallbacks stop growing;
+//! - an overloaded worker (a queue of one, its CPU shared with spinning threads): the threshold
+//!   falls and fallbacks stop growing;
 //! - a battery at 15 % and discharging (a made-up power-supply tree): the threshold is at least
 //!   the table's minimum; charging: back to normal.
 //!
@@ -22,6 +23,8 @@
 //! meant to be faster than the device, and here it has one shared CPU.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -189,6 +192,40 @@ fn start_worker(
     })
     .join()
     .expect("worker start thread")
+}
+
+/// Threads of this process spinning on `placement`'s CPUs at its nice value until stopped. A
+/// worker in this process placed alike keeps 1 / (n + 1) of those CPUs whatever the kernel
+/// groups threads by and whatever priorities the test may set: a [`CpuHog`] in a process of
+/// its own outweighs it only through nice values, which need CAP_SYS_NICE (CI had a worker at
+/// full speed beside one).
+struct Spinners {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<bool>>,
+}
+
+impl Spinners {
+    fn start(n: usize, placement: Option<Placement>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let spin = |stop: Arc<AtomicBool>, placement: Option<Placement>| {
+            move || {
+                let prioritised = placement.map(|p| p.enter().expect("placing a spinner")).unwrap_or(false);
+                let mut x = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
+                }
+                prioritised
+            }
+        };
+        let threads = (0..n).map(|_| std::thread::spawn(spin(stop.clone(), placement.clone()))).collect();
+        Spinners { stop, threads }
+    }
+
+    /// Stops the threads; whether they got the placement's nice value.
+    fn stop(self) -> bool {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads.into_iter().map(|t| t.join().expect("spinner thread")).fold(true, |all, one| all && one)
+    }
 }
 
 /// An edge config sending frames by threshold to `worker`, with `[control]` keys `control`.
@@ -384,22 +421,28 @@ fn an_overloaded_worker_makes_the_threshold_fall_and_fallbacks_stop_growing() {
     let dir = tempfile::tempdir().unwrap();
     let pki = dev_pki(&dir.path().join("pki"));
     let (device, remote) = placements();
-    // A slow worker (a hog on its CPU) with room for one frame: most frames it is sent are
-    // turned away as overloaded.
+    // A slow worker (threads spinning on its CPU) with room for one frame: most frames it is
+    // sent are turned away as overloaded. Worker and spinners share one CPU, however many the
+    // remote placement has.
+    let remote = remote.map(|p| Placement { cpus: p.cpus[..1].to_vec(), ..p });
     let worker = start_worker(dir.path(), &pki, "models/large.toml", remote.clone(), &["batching.max_batch=1", "batching.max_queue=1"]);
-    let _hog = CpuHog::start(4, remote);
+    let spinners = Spinners::start(4, remote);
     // The budget asks for 90 % of the frames remote; only the remote's health holds it back.
     let config =
         threshold_edge(dir.path(), worker.local_addr, &pki, "deadline_ms = 500", "mode = \"budget\"\nremote_budget = 0.9\nthreshold = 0.9");
     let run = start_edge(config, live_overrides(FRAMES, "replay"), device, Vec::new()).join().expect("edge thread");
     let overloaded = worker.shutdown().rejected_overloaded;
+    let prioritised = spinners.stop();
 
     let fallbacks_in = |range: std::ops::Range<u64>| run.records_of(range).iter().filter(|r| kind(r) == "fallback").count();
     let (first, last) = (fallbacks_in(0..FRAMES / 3), fallbacks_in(FRAMES - FRAMES / 3..FRAMES));
     let thresholds: Vec<f64> = run.ticks.iter().map(|(_, t)| number(t, "/threshold")).collect();
     let report = format!(
-        "{}\nworker turned {overloaded} frames away; fallbacks in the first third {first}, in the last third {last}\nthresholds {thresholds:.2?}",
-        run.summary_line()
+        "{}\nworker turned {overloaded} frames away; fallbacks in the first third {first}, in the last third {last}\nthresholds {thresholds:.2?}\n\
+         (CPUs this process may use: {:?}; sessions share CPUs: {}; the remote placement's nice taken: {prioritised})",
+        run.summary_line(),
+        edgeseg::control::system::allowed_cpus(),
+        sessions_share_cpus()
     );
     eprintln!("{report}");
     assert!(overloaded > 0, "the worker is overloaded:\n{report}");
