@@ -224,7 +224,8 @@ impl Spinners {
     /// Stops the threads; whether they got the placement's nice value.
     fn stop(self) -> bool {
         self.stop.store(true, Ordering::Relaxed);
-        self.threads.into_iter().map(|t| t.join().expect("spinner thread")).fold(true, |all, one| all && one)
+        let taken: Vec<bool> = self.threads.into_iter().map(|t| t.join().expect("spinner thread")).collect();
+        taken.into_iter().all(|t| t)
     }
 }
 
