@@ -1,6 +1,11 @@
 #!/usr/bin/env python3
-"""Split the small DeepLab network at its encoder output, so the decision network can reuse
-the encoder's features and a local frame pays for the encoder only once.
+"""Split the small DeepLab network twice, so the decision network can reuse the features of
+the part before the cut and a local frame pays for that part only once:
+
+- at its encoder output (160 channels, stride 8): small_encoder.onnx + small_head.onnx;
+- early, after its sixth inverted-residual block (`expanded_conv_5`, 16 channels, stride 8,
+  0.09 of its 1.45 GFLOPs): small_stem.onnx + small_trunk.onnx. A decision on the stem
+  wastes almost nothing on the frames it sends remote.
 
   small_encoder.onnx  input  `input`    float32 [N, H, W, 3] NHWC RGB, (x - 127.5) / 127.5
                       output `features` float32 [N, 160, (H-1)/8+1, (W-1)/8+1]
@@ -11,10 +16,12 @@ the encoder's features and a local frame pays for the encoder only once.
                       The head's image pooling (AveragePool 33x33) and its Resize scales are
                       fixed, so it accepts only the features of a 257x257 frame.
 
-The cut is the tensor that both the ASPP 1x1 convolution and the image-pooling AveragePool
-consume; it is found in the graph, not named by hand, so a re-exported model still splits.
+The encoder cut is the tensor that both the ASPP 1x1 convolution and the image-pooling
+AveragePool consume; it is found in the graph, not named by hand, so a re-exported model still
+splits. The stem cut is named (STEM_CUT); stem and trunk have the same shapes and dynamic input
+as encoder and head, with 16 feature channels.
 
-Checks (fails loudly): encoder -> head reproduces the whole model's logits (max abs diff
+Checks (fails loudly), for both pairs: encoder -> head reproduces the whole model's logits (max abs diff
 below --tolerance, argmax agreement 100 %) on the test images in the assets' testdata/, and the
 encoder at 129x129 gives 17x17 features. Prints the GFLOPs (2 x Conv multiply-adds, from onnx
 shape inference) of each part.
@@ -33,8 +40,11 @@ import onnx
 from onnx import helper, shape_inference
 
 SMALL = "models/deeplabv3_mnv2_dm05_voc_257.onnx"
-ENCODER = "small_encoder.onnx"
-HEAD = "small_head.onnx"
+# (first part, second part, cut tensor or None to find the ASPP input, feature channels)
+SPLITS = [
+    ("small_encoder.onnx", "small_head.onnx", None, 160),
+    ("small_stem.onnx", "small_trunk.onnx", "MobilenetV2/expanded_conv_5/add", 16),
+]
 FEATURES = "features"
 TEST_IMAGES = ["grace_hopper.bmp", "traffic0001.bmp", "bird_segmentation.bmp"]
 INPUT_SIZE = 257
@@ -176,7 +186,7 @@ def conv_gflops(model, input_hw=None):
     return 2 * macs / 1e9
 
 
-def verify(whole_path, encoder_path, head_path, testdata, tolerance):
+def verify(whole_path, encoder_path, head_path, channels, testdata, tolerance):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -190,20 +200,20 @@ def verify(whole_path, encoder_path, head_path, testdata, tolerance):
         x = preprocess(read_bmp_rgb(path))
         expected = whole.run(["logits"], {"input": x})[0]
         features = encoder.run([FEATURES], {"input": x})[0]
-        if features.shape != (1, 160, 33, 33):
-            fail(f"encoder output on {path} has shape {features.shape}, expected (1, 160, 33, 33)")
+        if features.shape != (1, channels, 33, 33):
+            fail(f"{encoder_path} output on {path} has shape {features.shape}, expected (1, {channels}, 33, 33)")
         got = head.run(["logits"], {FEATURES: features})[0]
         diff = float(np.abs(got - expected).max())
         agree = float((got.argmax(1) == expected.argmax(1)).mean())
         print(f"split_small: {os.path.basename(path)}: max |logit diff| {diff:.3g}, argmax agreement {agree * 100:.3f} %")
         if diff > tolerance or agree < 1.0:
-            fail(f"encoder -> head differs from the whole model on {path} (max diff {diff}, agreement {agree}); the split is wrong")
+            fail(f"{encoder_path} -> {head_path} differs from the whole model on {path} (max diff {diff}, agreement {agree}); the split is wrong")
     x = preprocess(read_bmp_rgb(images[0]), DOWNSCALED_SIZE)
     small_features = encoder.run([FEATURES], {"input": x})[0]
     expect = (DOWNSCALED_SIZE - 1) // 8 + 1
     print(f"split_small: encoder at {DOWNSCALED_SIZE}x{DOWNSCALED_SIZE} gives features {list(small_features.shape)}")
-    if small_features.shape != (1, 160, expect, expect):
-        fail(f"encoder at {DOWNSCALED_SIZE}x{DOWNSCALED_SIZE} gives {small_features.shape}, expected (1, 160, {expect}, {expect})")
+    if small_features.shape != (1, channels, expect, expect):
+        fail(f"{encoder_path} at {DOWNSCALED_SIZE}x{DOWNSCALED_SIZE} gives {small_features.shape}, expected (1, {channels}, {expect}, {expect})")
 
 
 def main():
@@ -217,37 +227,40 @@ def main():
     whole_path = os.path.join(args.assets, SMALL)
     if not os.path.isfile(whole_path):
         fail(f"{whole_path} not found (set --assets or EDGESEG_ASSETS to the folder with models/MANIFEST.md)")
-    encoder_path = os.path.join(args.out_dir, ENCODER)
-    head_path = os.path.join(args.out_dir, HEAD)
-    newest_input = max(os.path.getmtime(whole_path), os.path.getmtime(__file__))
-    outputs = (encoder_path, head_path)
-    if not args.force and all(os.path.isfile(p) and os.path.getmtime(p) > newest_input for p in outputs):
-        print(f"split_small: {encoder_path} and {head_path} are up to date")
-        return
+    model = None
+    for first, second, cut, channels in SPLITS:
+        encoder_path = os.path.join(args.out_dir, first)
+        head_path = os.path.join(args.out_dir, second)
+        newest_input = max(os.path.getmtime(whole_path), os.path.getmtime(__file__))
+        outputs = (encoder_path, head_path)
+        if not args.force and all(os.path.isfile(p) and os.path.getmtime(p) > newest_input for p in outputs):
+            print(f"split_small: {encoder_path} and {head_path} are up to date")
+            continue
+        model = model or onnx.load(whole_path)
+        cut = cut or find_cut(model.graph)
+        if not any(cut in node.output for node in model.graph.node):
+            fail(f"{whole_path} has no tensor {cut!r} to cut at: is this the DeepLabV3 MobileNetV2 graph?")
+        print(f"split_small: cutting {whole_path} at {cut!r}")
+        encoder, head = split(model, cut)
+        whole_g = conv_gflops(model)
+        enc_g = conv_gflops(encoder, (INPUT_SIZE, INPUT_SIZE))
+        enc_small_g = conv_gflops(encoder, (DOWNSCALED_SIZE, DOWNSCALED_SIZE))
+        head_g = conv_gflops(head)
+        print(
+            f"split_small: GFLOPs (2 x Conv MACs, batch 1): whole {whole_g:.3f} = {first} {enc_g:.3f} + {second} {head_g:.3f}; "
+            f"{first} at {DOWNSCALED_SIZE}x{DOWNSCALED_SIZE}: {enc_small_g:.3f}"
+        )
+        if abs(enc_g + head_g - whole_g) > 1e-6:
+            fail(f"{first} + {second} GFLOPs {enc_g + head_g} differ from the whole model's {whole_g}")
 
-    model = onnx.load(whole_path)
-    cut = find_cut(model.graph)
-    print(f"split_small: cutting {whole_path} at {cut!r}")
-    encoder, head = split(model, cut)
-    whole_g = conv_gflops(model)
-    enc_g = conv_gflops(encoder, (INPUT_SIZE, INPUT_SIZE))
-    enc_small_g = conv_gflops(encoder, (DOWNSCALED_SIZE, DOWNSCALED_SIZE))
-    head_g = conv_gflops(head)
-    print(
-        f"split_small: GFLOPs (2 x Conv MACs, batch 1): whole {whole_g:.3f} = encoder {enc_g:.3f} + head {head_g:.3f}; "
-        f"encoder at {DOWNSCALED_SIZE}x{DOWNSCALED_SIZE}: {enc_small_g:.3f}"
-    )
-    if abs(enc_g + head_g - whole_g) > 1e-6:
-        fail(f"encoder + head GFLOPs {enc_g + head_g} differ from the whole model's {whole_g}")
-
-    os.makedirs(args.out_dir, exist_ok=True)
-    tmp = [p + ".tmp" for p in outputs]
-    onnx.save(encoder, tmp[0])
-    onnx.save(head, tmp[1])
-    verify(whole_path, tmp[0], tmp[1], os.path.join(args.assets, "models", "testdata"), args.tolerance)
-    for t, p in zip(tmp, outputs):
-        os.replace(t, p)
-    print(f"split_small: wrote {encoder_path} and {head_path}")
+        os.makedirs(args.out_dir, exist_ok=True)
+        tmp = [p + ".tmp" for p in outputs]
+        onnx.save(encoder, tmp[0])
+        onnx.save(head, tmp[1])
+        verify(whole_path, tmp[0], tmp[1], channels, os.path.join(args.assets, "models", "testdata"), args.tolerance)
+        for t, p in zip(tmp, outputs):
+            os.replace(t, p)
+        print(f"split_small: wrote {encoder_path} and {head_path}")
 
 
 if __name__ == "__main__":

@@ -121,23 +121,24 @@ pub fn decision_cost(config: &DnConfig, dn: Option<&Path>, downscaled_size: u32,
     }
     let small_manifest = ModelManifest::load(&config.models.small)
         .map_err(|e| DecisionError::Model { manifest: config.models.small.clone(), source: Box::new(e.into()) })?;
-    let (net, spp_config, inputs) = match dn {
-        Some(path) => {
-            let loaded = super::store::load(path)?;
-            (loaded.net, loaded.meta.spp, loaded.meta.inputs)
-        }
-        None => {
-            let len = config.spp.output_len(160) + config.inputs.extra_len();
-            (DecisionNet::new_seeded(NetShape::for_input(len).with_hidden(config.training.hidden), 1)?, config.spp.clone(), config.inputs)
-        }
-    };
-    let compiled = net.compile()?;
     let mut small = OnnxPart::load(&small_manifest.onnx, 1)?;
     let mut encoder = Encoder::load(&config.base.encoder, &small_manifest, super::base::SHARED_INPUT_SIZE, 1)?;
     let mut downscaled = Encoder::load(&config.base.encoder, &small_manifest, downscaled_size, 1)?;
     let mut head = OnnxPart::load(&config.base.head, 1)?;
     let (bgr, w, h) = synthetic_frame();
     let input = encoder.preprocess(&bgr, w, h)?;
+    let (net, spp_config, inputs) = match dn {
+        Some(path) => {
+            let loaded = super::store::load(path)?;
+            (loaded.net, loaded.meta.spp, loaded.meta.inputs)
+        }
+        None => {
+            // As long as the base's features are wide (160 for the encoder, 16 for the stem).
+            let len = config.spp.output_len(encoder.run(&input)?.channels) + config.inputs.extra_len();
+            (DecisionNet::new_seeded(NetShape::for_input(len).with_hidden(config.training.hidden), 1)?, config.spp.clone(), config.inputs)
+        }
+    };
+    let compiled = net.compile()?;
     let small_input = input.clone();
     let downscaled_input = downscaled.preprocess(&bgr, w, h)?;
     let size = super::base::SHARED_INPUT_SIZE as usize;

@@ -1,6 +1,6 @@
 //! The decision network's base on the real small network (needs `../shared/assets` or
-//! `$EDGESEG_ASSETS`; skipped with a printed reason without them): the split encoder + head
-//! reproduce the whole small network, both base sizes give fixed-length SPP vectors, and the
+//! `$EDGESEG_ASSETS`; skipped with a printed reason without them): either split (encoder +
+//! head, stem + trunk) reproduces the whole small network, both base sizes give fixed-length SPP vectors, and the
 //! feature cache serves them back without running the encoder again.
 
 use std::path::PathBuf;
@@ -46,32 +46,35 @@ fn argmax(logits: &[f32], classes: usize) -> Vec<usize> {
     (0..plane).map(|p| (0..classes).fold(0, |best, c| if logits[c * plane + p] > logits[best * plane + p] { c } else { best })).collect()
 }
 
+/// Both splits of `scripts/split_small.py`: at the encoder output (160 channels) and after the
+/// sixth block (the stem, 16 channels).
 #[test]
-fn encoder_then_head_equals_the_whole_small_network() {
+fn either_split_of_the_small_network_reproduces_the_whole() {
     let Some(assets) = assets() else { return };
     let (bgr, width, height) = read_bgr(&assets.join("models/testdata/grace_hopper.bmp"));
-    let mut encoder = Encoder::load(&derived("small_encoder.onnx"), &small_manifest(), SHARED_INPUT_SIZE, 1).unwrap();
-    let input = encoder.preprocess(&bgr, width, height).unwrap();
     let size = SHARED_INPUT_SIZE as usize;
-
     let mut whole = OnnxPart::load(&assets.join("models/deeplabv3_mnv2_dm05_voc_257.onnx"), 1).unwrap();
-    let (whole_shape, whole_logits) = whole.run(&input, &[1, size, size, 3]).unwrap();
-    assert_eq!(whole_shape, vec![1, 21, size, size]);
+    for (first, second, channels) in [("small_encoder.onnx", "small_head.onnx", 160), ("small_stem.onnx", "small_trunk.onnx", 16)] {
+        let mut base = Encoder::load(&derived(first), &small_manifest(), SHARED_INPUT_SIZE, 1).unwrap();
+        let input = base.preprocess(&bgr, width, height).unwrap();
+        let (whole_shape, whole_logits) = whole.run(&input, &[1, size, size, 3]).unwrap();
+        assert_eq!(whole_shape, vec![1, 21, size, size]);
 
-    let features = encoder.run(&input).unwrap();
-    assert_eq!((features.channels, features.height, features.width), (160, 33, 33));
-    let mut head = OnnxPart::load(&derived("small_head.onnx"), 1).unwrap();
-    let (head_shape, head_logits) = head.run(&features.data, &[1, 160, 33, 33]).unwrap();
-    assert_eq!(head_shape, whole_shape);
+        let features = base.run(&input).unwrap();
+        assert_eq!((features.channels, features.height, features.width), (channels, 33, 33), "{first}");
+        let mut rest = OnnxPart::load(&derived(second), 1).unwrap();
+        let (rest_shape, rest_logits) = rest.run(&features.data, &[1, channels, 33, 33]).unwrap();
+        assert_eq!(rest_shape, whole_shape);
 
-    let max_diff = whole_logits.iter().zip(&head_logits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-    println!("encoder -> head vs whole small network on grace_hopper.bmp: max |logit diff| {max_diff:e}");
-    assert!(max_diff < 1e-4, "max |logit diff| {max_diff}");
-    let (split_classes, whole_classes) = (argmax(&head_logits, 21), argmax(&whole_logits, 21));
-    assert_eq!(split_classes, whole_classes);
-    // The portrait is mostly person (MANIFEST.md: 61.9 %).
-    let person = split_classes.iter().filter(|&&c| VOC_CLASSES[c] == "person").count() as f64 / split_classes.len() as f64;
-    assert!(person > 0.5, "person share {person}");
+        let max_diff = whole_logits.iter().zip(&rest_logits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        println!("{first} -> {second} vs whole small network on grace_hopper.bmp: max |logit diff| {max_diff:e}");
+        assert!(max_diff < 1e-4, "{first} -> {second}: max |logit diff| {max_diff}");
+        let (split_classes, whole_classes) = (argmax(&rest_logits, 21), argmax(&whole_logits, 21));
+        assert_eq!(split_classes, whole_classes, "{first} -> {second}");
+        // The portrait is mostly person (MANIFEST.md: 61.9 %).
+        let person = split_classes.iter().filter(|&&c| VOC_CLASSES[c] == "person").count() as f64 / split_classes.len() as f64;
+        assert!(person > 0.5, "person share {person}");
+    }
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! replays of the first frames of `videos/vtest.avi`:
 //!
 //! - with the threshold at 0 every frame stays local, every record carries the prediction (21
-//!   class IoUs, IoU_img, gain, rule), and the masks, finished by the small network's head on
+//!   class IoUs, IoU_img, gain, rule), and the masks, finished by the small network's trunk on
 //!   the decision's features, are the whole small network's;
 //! - with the threshold at the median prediction, exactly the frames predicted above it stay
 //!   local and the others go remote (here to an unreachable worker: they fall back to the small
@@ -87,8 +87,8 @@ encoder = "{encoder}"
 head = "{head}"
 "#,
         network = network.display(),
-        encoder = root.join("models/derived/small_encoder.onnx").display(),
-        head = root.join("models/derived/small_head.onnx").display(),
+        encoder = root.join("models/derived/small_stem.onnx").display(),
+        head = root.join("models/derived/small_trunk.onnx").display(),
     )
 }
 
@@ -131,7 +131,7 @@ fn decision_network_routes_by_its_threshold_and_local_frames_reuse_its_features(
         assert_eq!(prediction["rule"], "predicted-iou-img");
         assert!(prediction["gain"].is_number());
         assert!(d["latency_ms"]["decision"].as_f64().unwrap() > 0.0);
-        // The head on the decision's features is the small network: the same classes, in the
+        // The trunk on the decision's stem features is the small network: the same classes, in the
         // same shares (to a few pixels where a logit tie rounds the other way). The frame cut
         // by the early end of stream is not always the same one: compared where it is.
         if w["pts_ms"] != d["pts_ms"] {
