@@ -262,7 +262,11 @@ pub enum Rule {
 pub struct DecisionConfig {
     /// `dn.toml` written by `edgeseg dn train` (its weights file lies beside it).
     pub network: PathBuf,
-    /// The small network's encoder and head (`scripts/split_small.py`).
+    /// Further networks on the same base (e.g. trained with other seeds) whose predictions are
+    /// averaged with `network`'s, as `eval routing --ensemble` does.
+    pub ensemble: Vec<PathBuf>,
+    /// The small network split by `scripts/split_small.py`: the base the network was trained on
+    /// (the stem or the encoder) and the rest of the small network.
     pub encoder: PathBuf,
     pub head: PathBuf,
     pub rule: Rule,
@@ -277,8 +281,9 @@ impl Default for DecisionConfig {
     fn default() -> Self {
         DecisionConfig {
             network: PathBuf::new(),
-            encoder: PathBuf::from("../models/derived/small_encoder.onnx"),
-            head: PathBuf::from("../models/derived/small_head.onnx"),
+            ensemble: Vec::new(),
+            encoder: PathBuf::from("../models/derived/small_stem.onnx"),
+            head: PathBuf::from("../models/derived/small_trunk.onnx"),
             rule: Rule::default(),
             presence: None,
             intra_threads: Count::literal(1),
@@ -890,7 +895,9 @@ impl EdgeConfig {
             resolve_tls(base, t);
         }
         resolve(base, &mut self.control.power_supply_dir);
-        for p in [&mut self.decision.network, &mut self.decision.encoder, &mut self.decision.head] {
+        for p in
+            [&mut self.decision.network, &mut self.decision.encoder, &mut self.decision.head].into_iter().chain(&mut self.decision.ensemble)
+        {
             resolve(base, p);
         }
     }
@@ -943,6 +950,9 @@ impl DecisionConfig {
     fn validate(&self, c: &mut Checker) {
         let train = "train one with `edgeseg dn train --config config/dn.toml`; scripts/demo trains one on its video";
         c.file("decision.network", &self.network, train);
+        for (i, member) in self.ensemble.iter().enumerate() {
+            c.file(&format!("decision.ensemble[{i}]"), member, train);
+        }
         let split = "scripts/fixtures makes it with scripts/split_small.py when the real small network is there";
         c.file("decision.encoder", &self.encoder, split);
         c.file("decision.head", &self.head, split);
@@ -1145,6 +1155,20 @@ mod tests {
         assert_eq!(on.metrics.listen, Some(SocketAddr::from(([127, 0, 0, 1], 9464))));
         let off = EdgeConfig::load(&path, &["metrics.listen=".to_string()]).unwrap();
         assert_eq!(off.metrics.listen, None);
+    }
+
+    #[test]
+    fn a_missing_ensemble_member_is_named_with_its_place_in_the_list() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["dn.toml", "stem.onnx", "trunk.onnx", "seed2.toml"] {
+            std::fs::write(dir.path().join(name), "").unwrap();
+        }
+        let decision = "[control]\nscore = \"decision-network\"\n[decision]\nnetwork = \"dn.toml\"\nencoder = \"stem.onnx\"\n\
+                        head = \"trunk.onnx\"\nensemble = [\"seed2.toml\", \"seed3.toml\"]\n";
+        let found = problems(EdgeConfig::load(&edge_file(dir.path(), decision), &[]).unwrap_err());
+        let keys: Vec<&str> = found.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, vec!["decision.ensemble[1]"], "{found:?}");
+        assert!(found[0].value.ends_with("seed3.toml") && found[0].problem.contains("does not exist"), "{found:?}");
     }
 
     #[test]

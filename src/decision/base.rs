@@ -1,14 +1,18 @@
-//! The decision network's base: the small network's encoder (`small_encoder.onnx`, made by
-//! `scripts/split_small.py`), run through ONNX Runtime on a preprocessed frame.
+//! The decision network's base: the first part of the small network, cut by
+//! `scripts/split_small.py` after its sixth block (`small_stem.onnx`, 16 channels, 0.09 of
+//! its 1.45 GFLOPs) or at its encoder output (`small_encoder.onnx`, 160 channels, 1.07), run
+//! through ONNX Runtime on a preprocessed frame. The early cut wastes little on a frame that
+//! goes remote; the late one gives richer features for the same local frame.
 //!
-//! Two bases share this code, selected by the input size:
+//! Two sizes share this code, selected by the input size:
 //! - **shared** (257x257, the small network's own input): a frame that stays local hands its
-//!   features on to `small_head.onnx`, so the decision costs only the SPP and the MLP;
-//! - **downscaled** (e.g. 129x129, 17x17 features): about a quarter of the encoder's cost, so
+//!   features on to the rest of the small network (`small_trunk.onnx` or `small_head.onnx`),
+//!   so the decision costs only the SPP and the MLP;
+//! - **downscaled** (e.g. 129x129, 17x17 features): about a quarter of the base's cost, so
 //!   a frame that goes remote wastes less on the edge, at the price of running the full small
 //!   network again for a local frame.
 //!
-//! The encoder's spatial input size is dynamic, so one ONNX file serves both.
+//! The base's spatial input size is dynamic, so one ONNX file serves both.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -182,7 +186,7 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    /// Loads `small_encoder.onnx` to run at `input_size` x `input_size` (257 for the shared base)
+    /// Loads the base (`small_stem.onnx` or `small_encoder.onnx`) to run at `input_size` x `input_size` (257 for the shared base)
     /// on frames prepared as `small` (the small network's manifest) says.
     pub fn load(path: &Path, small: &ModelManifest, input_size: u32, intra_threads: usize) -> Result<Self, DecisionError> {
         if !(33..=2049).contains(&input_size) {

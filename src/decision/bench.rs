@@ -58,11 +58,11 @@ impl DecisionBench {
         vec![
             format!("medians of {} interleaved runs, 1 thread each; GFLOPs from the ONNX graphs and the decision head's layers", self.runs),
             row("small network (whole)".into(), self.small_ms, Some(s.small)),
-            row("encoder at 257".into(), self.encoder_ms, Some(s.encoder)),
-            row("small head (on the 257 features)".into(), self.head_ms, Some(s.head)),
+            row("base (configured cut) at 257".into(), self.encoder_ms, Some(s.encoder)),
+            row("rest of the small network".into(), self.head_ms, Some(s.head)),
             row("SPP of the 257 features".into(), self.spp_ms, None),
             row("decision head (MLP, CompiledNet)".into(), self.decision_head_ms, Some(s.decision_head)),
-            row(format!("encoder at {size}"), self.downscaled_encoder_ms, Some(d.encoder)),
+            row(format!("base at {size}"), self.downscaled_encoder_ms, Some(d.encoder)),
             row(format!("SPP of the {size} features"), self.downscaled_spp_ms, None),
             format!(
                 "shared base 257, local frame: decision ÷ small = {:.4} (GFLOPs), {:.4} (ms: (SPP + MLP) ÷ small); target ≤ 0.05",
@@ -70,7 +70,7 @@ impl DecisionBench {
                 self.local_frame_ratio_ms()
             ),
             format!(
-                "shared base 257, remote frame: decision = {:.3} GFLOPs, {:.3} ms (encoder + SPP + MLP) = {:.3} (GFLOPs) / {:.3} (ms) of the small network",
+                "shared base 257, remote frame: decision = {:.3} GFLOPs, {:.3} ms (base + SPP + MLP) = {:.3} (GFLOPs) / {:.3} (ms) of the small network",
                 s.encoder + s.decision_head,
                 self.encoder_ms + self.spp_ms + self.decision_head_ms,
                 (s.encoder + s.decision_head) / s.small,

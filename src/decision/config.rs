@@ -20,9 +20,11 @@ use crate::infer::manifest::assets_dir;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BaseConfig {
-    /// `small_encoder.onnx`, split off the small network by `scripts/split_small.py`.
+    /// The first part of the small network, split off by `scripts/split_small.py`:
+    /// `small_stem.onnx` (its first six blocks, the default) or `small_encoder.onnx`.
     pub encoder: PathBuf,
-    /// `small_head.onnx`, the rest of the small network (only its cost is read here).
+    /// The rest of the small network, `small_trunk.onnx` or `small_head.onnx` (only its cost
+    /// is read here).
     pub head: PathBuf,
     /// Square input size: 257 shares the small network's input (a local frame reuses the
     /// features), smaller sizes (e.g. 129) decide on a downscaled frame.
@@ -32,8 +34,8 @@ pub struct BaseConfig {
 impl Default for BaseConfig {
     fn default() -> Self {
         BaseConfig {
-            encoder: PathBuf::from("../models/derived/small_encoder.onnx"),
-            head: PathBuf::from("../models/derived/small_head.onnx"),
+            encoder: PathBuf::from("../models/derived/small_stem.onnx"),
+            head: PathBuf::from("../models/derived/small_trunk.onnx"),
             input_size: SHARED_INPUT_SIZE,
         }
     }
@@ -216,8 +218,16 @@ impl DnConfig {
     }
 
     fn validate(&self, c: &mut Checker) {
-        c.file("base.encoder", &self.base.encoder, "scripts/fixtures makes models/derived/small_encoder.onnx from the real small network");
-        c.file("base.head", &self.base.head, "scripts/fixtures makes models/derived/small_head.onnx from the real small network");
+        c.file(
+            "base.encoder",
+            &self.base.encoder,
+            "scripts/fixtures makes models/derived/small_stem.onnx and small_encoder.onnx from the real small network",
+        );
+        c.file(
+            "base.head",
+            &self.base.head,
+            "scripts/fixtures makes models/derived/small_trunk.onnx and small_head.onnx from the real small network",
+        );
         let size = self.base.input_size;
         c.check((33..=2049).contains(&size), "base.input_size", size, "is outside 33..=2049 (257 shares the small network's input)");
         if let Err(e) = self.spp.validate() {

@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use super::config::{DnConfig, InputsConfig, Split};
 use super::dataset::{sample_video, set_sha256, ImageRecord, RecordBuilder, RecordSettings, Source, SourceImages};
-use super::net::{CompiledNet, DecisionNet, NetShape, Prediction};
+use super::net::{mean_prediction, CompiledNet, DecisionNet, NetShape, Prediction};
 use super::rule::{remote_score, Rule};
 use super::spp::SppConfig;
 use super::store::{self, BaseInfo, DataSetInfo, DecisionNetMeta, TrainingInfo};
@@ -159,32 +159,7 @@ fn routing_set(records: &[ImageRecord]) -> Result<RoutingSet, DecisionError> {
 /// decision runs, averaged over the networks (an ensemble of seeds).
 fn predictions(nets: &[&DecisionNet], inputs: &InputsConfig, records: &[ImageRecord]) -> Result<Vec<Prediction>, DecisionError> {
     let compiled = nets.iter().map(|net| net.compile()).collect::<Result<Vec<CompiledNet>, _>>()?;
-    let scale = 1.0 / compiled.len().max(1) as f32;
-    records
-        .iter()
-        .map(|record| {
-            let input = record.input(inputs)?;
-            let mut mean: Option<Prediction> = None;
-            for net in &compiled {
-                let p = net.predict(&input)?;
-                mean = Some(match mean {
-                    None => p,
-                    Some(mut sum) => {
-                        sum.class_iou.iter_mut().zip(p.class_iou).for_each(|(a, b)| *a += b);
-                        sum.class_presence.iter_mut().zip(p.class_presence).for_each(|(a, b)| *a += b);
-                        sum.gain += p.gain;
-                        sum
-                    }
-                });
-            }
-            let p = mean.ok_or(DecisionError::Invalid { what: "ensemble", problem: "no network".into() })?;
-            Ok(Prediction {
-                class_iou: p.class_iou.iter().map(|v| v * scale).collect(),
-                class_presence: p.class_presence.iter().map(|v| v * scale).collect(),
-                gain: p.gain * scale,
-            })
-        })
-        .collect()
+    records.iter().map(|record| mean_prediction(&compiled, &record.input(inputs)?)).collect()
 }
 
 /// Routing figures of `nets` (their averaged predictions) on `records`, thresholds chosen on

@@ -13,7 +13,7 @@ use std::time::Instant;
 use ort::value::DynValue;
 
 use super::base::{Encoder, OnnxPart};
-use super::net::{CompiledNet, Prediction};
+use super::net::{mean_prediction, CompiledNet, Prediction};
 use super::rule::{predicted_iou_img, Rule};
 use super::spp::SppConfig;
 use super::{store, DecisionError};
@@ -22,7 +22,8 @@ use crate::control::{Score, ScoreError, Scored};
 use crate::frame::{Features, Job};
 use crate::infer::{InputBuffer, Model, ModelManifest, NetworkOutput};
 
-/// The rest of the small network after its encoder (`small_head.onnx`): features → logits.
+/// The rest of the small network after the decision's base (`small_trunk.onnx` after the
+/// stem, `small_head.onnx` after the encoder): features → logits.
 pub struct SmallHead {
     part: OnnxPart,
     classes: usize,
@@ -91,7 +92,8 @@ pub fn check_split(encoder: &mut Encoder, head: &mut SmallHead, small: &mut Mode
 pub struct DecisionScore {
     encoder: Encoder,
     /// The plain-Rust forward: candle's costs ~1.4 ms per single vector, this one ~0.5 ms.
-    net: CompiledNet,
+    /// `decision.network` first, then the members of `decision.ensemble`.
+    nets: Vec<CompiledNet>,
     spp: SppConfig,
     rule: Rule,
     presence: f32,
@@ -110,34 +112,36 @@ impl DecisionScore {
     /// are prepared).
     pub fn load(config: &DecisionConfig, small: &ModelManifest) -> Result<Self, DecisionError> {
         let loaded = store::load(&config.network)?;
-        if loaded.meta.inputs.small_confidence {
-            return Err(DecisionError::Metadata {
-                path: config.network.clone(),
-                message: "this network also reads the small network's confidence ([inputs] small_confidence), which the \
-                          pipeline computes only after deciding; it serves `eval routing` only (train one without it for the edge)"
-                    .into(),
-            });
-        }
         let base = &loaded.meta.base;
         let encoder = Encoder::load(&config.encoder, small, base.input_size, config.intra_threads.get())?;
-        loaded.check_base(encoder.sha256(), base.input_size, base.channels, &loaded.meta.spp)?;
+        // Every member reads the same vector: the first's base and pooling.
+        let admit = |member: &store::LoadedDecisionNet| -> Result<CompiledNet, DecisionError> {
+            if member.meta.inputs.small_confidence {
+                return Err(DecisionError::Metadata {
+                    path: member.path.clone(),
+                    message: "this network also reads the small network's confidence ([inputs] small_confidence), which the \
+                              pipeline computes only after deciding; it serves `eval routing` only (train one without it for the edge)"
+                        .into(),
+                });
+            }
+            member.check_base(encoder.sha256(), base.input_size, base.channels, &loaded.meta.spp)?;
+            member.net.compile()
+        };
+        let mut nets = vec![admit(&loaded)?];
+        for path in &config.ensemble {
+            nets.push(admit(&store::load(path)?)?);
+        }
         let presence = config.presence.unwrap_or(loaded.meta.training.settings.presence as f32);
         let shares_features = small.input.width == base.input_size && small.input.height == base.input_size;
         tracing::info!(
             network = %config.network.display(),
             rule = ?config.rule,
             base = base.input_size,
+            members = nets.len(),
             shares_features,
             "decision network loaded"
         );
-        Ok(DecisionScore {
-            encoder,
-            net: loaded.net.compile()?,
-            spp: loaded.meta.spp.clone(),
-            rule: config.rule,
-            presence,
-            shares_features,
-        })
+        Ok(DecisionScore { encoder, nets, spp: loaded.meta.spp.clone(), rule: config.rule, presence, shares_features })
     }
 
     /// Whether a local frame's mask can be finished from the features the decision computed
@@ -154,7 +158,7 @@ impl DecisionScore {
     pub fn predict(&mut self, bgr: &[u8], width: u32, height: u32) -> Result<(Prediction, super::Features), DecisionError> {
         let input = self.encoder.preprocess(bgr, width, height)?;
         let features = self.encoder.run(&input)?;
-        let prediction = self.net.predict(&features.spp(&self.spp)?)?;
+        let prediction = mean_prediction(&self.nets, &features.spp(&self.spp)?)?;
         Ok((prediction, features))
     }
 

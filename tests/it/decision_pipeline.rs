@@ -8,6 +8,7 @@
 //! - with the threshold at the median prediction, exactly the frames predicted above it stay
 //!   local and the others go remote (here to an unreachable worker: they fall back to the small
 //!   network, and none is lost);
+//! - an ensemble (`decision.ensemble`, a second seed) predicts the mean of its members;
 //! - a damaged `dn.safetensors` stops the run before any frame, naming the file.
 
 use std::path::{Path, PathBuf};
@@ -30,8 +31,8 @@ fn assets() -> Option<PathBuf> {
 
 /// `edgeseg dn train` on the 38 VOC smoke images, briefly: a real network of the real format,
 /// not a good one (the per-image figures land in the project's cache, so reruns are quick).
-fn train(dir: &Path, assets: &Path) -> PathBuf {
-    let out = dir.join("dn");
+fn train(dir: &Path, assets: &Path, name: &str, seed: u64) -> PathBuf {
+    let out = dir.join(name);
     let sets = format!("sets=[{{name=\"voc\", data=\"{}\", split=\"train\"}}]", assets.join("voc").display());
     let config = common::root().join("config/dn.toml");
     let run = common::run_edge(&[
@@ -47,6 +48,8 @@ fn train(dir: &Path, assets: &Path) -> PathBuf {
         "training.max_iterations=40",
         "--set",
         "training.validate_every=20",
+        "--set",
+        &format!("training.seed={seed}"),
     ]);
     assert!(run.status.success(), "dn train failed:\n{}", run.stderr);
     out.join("dn.toml")
@@ -71,6 +74,11 @@ fn edge_config(dir: &Path, assets: &Path, name: &str, extra: &str) -> PathBuf {
 /// Sections routing by the decision network at `threshold`, with frames sent remote to a worker
 /// that is not there (`tls` holds a development PKI).
 fn decision_sections(network: &Path, threshold: f32, tls: &edgeseg::config::TlsPaths) -> String {
+    ensemble_sections(network, &[], threshold, tls)
+}
+
+/// As [`decision_sections`], the predictions of `network` averaged with those of `members`.
+fn ensemble_sections(network: &Path, members: &[&Path], threshold: f32, tls: &edgeseg::config::TlsPaths) -> String {
     let root = common::root();
     let nobody = "127.0.0.1:9".parse().expect("an address");
     let remote = crate::remote::routed_remote_section("threshold", nobody, tls, "deadline_ms = 300\nconnect_timeout_ms = 100");
@@ -83,10 +91,12 @@ threshold = {threshold}
 breaker_failures = 100000
 [decision]
 network = "{network}"
+ensemble = {members:?}
 encoder = "{encoder}"
 head = "{head}"
 "#,
         network = network.display(),
+        members = members.iter().map(|m| m.display().to_string()).collect::<Vec<_>>(),
         encoder = root.join("models/derived/small_stem.onnx").display(),
         head = root.join("models/derived/small_trunk.onnx").display(),
     )
@@ -116,7 +126,7 @@ fn decision_network_routes_by_its_threshold_and_local_frames_reuse_its_features(
     let Some(assets) = assets() else { return };
     let _machine = common::whole_machine();
     let dir = tempfile::tempdir().unwrap();
-    let network = train(dir.path(), &assets);
+    let network = train(dir.path(), &assets, "dn", 20261126);
     let pki = edgeseg::remote::tls::generate_dev_pki(&dir.path().join("pki"), &["localhost".into()], &["edge".into()], false)
         .expect("generating a development PKI");
     let tls = &pki.clients[0].1;
@@ -164,6 +174,25 @@ fn decision_network_routes_by_its_threshold_and_local_frames_reuse_its_features(
     }
     let remote = split.iter().filter(|r| r["decision"]["route"] == "remote").count();
     assert!(remote > 0 && remote < FRAMES, "{remote} of {FRAMES} frames remote at the median prediction {threshold}");
+
+    // An ensemble with a second seed: each frame's prediction is the mean of the two networks'.
+    let second = train(dir.path(), &assets, "dn-seed2", 2);
+    let alone = run(&edge_config(dir.path(), &assets, "second", &decision_sections(&second, 0.0, tls)));
+    let both = run(&edge_config(dir.path(), &assets, "ensemble", &ensemble_sections(&network, &[&second], 0.0, tls)));
+    let class_iou = |r: &Value| -> Vec<f64> {
+        r["decision"]["prediction"]["class_iou"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect()
+    };
+    let mut compared = 0;
+    for ((one, two), mean) in all_local.iter().zip(&alone).zip(&both) {
+        if one["pts_ms"] != mean["pts_ms"] || two["pts_ms"] != mean["pts_ms"] {
+            continue;
+        }
+        compared += 1;
+        for ((a, b), m) in class_iou(one).iter().zip(class_iou(two)).zip(class_iou(mean)) {
+            assert!((m - (a + b) / 2.0).abs() < 1e-5, "frame {}: ensemble {m}, members {a} and {b}", mean["seq"]);
+        }
+    }
+    assert!(compared >= FRAMES - 1, "frames compared {compared}");
 
     // A damaged weights file: the run stops before the camera starts, naming the file.
     let weights = network.with_file_name("dn.safetensors");
