@@ -255,8 +255,8 @@ pub enum Rule {
 }
 
 /// `[decision]` of the edge: the decision network that `control.score = "decision-network"`
-/// reads, and the small network split at its encoder so that a local frame reuses the
-/// features the decision computed.
+/// reads, and the small network split at its base (the stem by default) so that a local frame
+/// reuses the features the decision computed.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DecisionConfig {

@@ -580,7 +580,7 @@ fn dn_train(config: &std::path::Path, out: Option<&std::path::Path>, overrides: 
     }
     let c = &outcome.costs;
     println!(
-        "  GFLOPs: small {:.3}, large {:.3}, encoder {:.3}, decision head {:.4}; decision ÷ small {}: {:.4}",
+        "  GFLOPs: small {:.3}, large {:.3}, base {:.3}, decision head {:.4}; decision ÷ small {}: {:.4}",
         c.small,
         c.large,
         c.encoder,

@@ -389,7 +389,7 @@ pub fn evaluate_routing(config: &DnConfig, request: &RoutingRequest) -> Result<(
                 trained_on.join(", ")
             ),
             format!(
-                "GFLOPs: encoder at {} {:.3}, small head {:.3}, decision head {:.4}; decision ÷ small {} = {:.4}",
+                "GFLOPs: base at {} {:.3}, rest of the small network {:.3}, decision head {:.4}; decision ÷ small {} = {:.4}",
                 base.input_size,
                 costs.encoder,
                 costs.head,

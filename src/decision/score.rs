@@ -107,9 +107,9 @@ impl std::fmt::Debug for DecisionScore {
 }
 
 impl DecisionScore {
-    /// Loads `decision.network` and its encoder, checking that the encoder is the one the
-    /// network was trained on; `small` is the manifest of the edge's small network (how frames
-    /// are prepared).
+    /// Loads `decision.network` (and `decision.ensemble`) and its base, checking that the base
+    /// is the one every network was trained on; `small` is the manifest of the edge's small
+    /// network (how frames are prepared).
     pub fn load(config: &DecisionConfig, small: &ModelManifest) -> Result<Self, DecisionError> {
         let loaded = store::load(&config.network)?;
         let base = &loaded.meta.base;

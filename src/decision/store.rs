@@ -128,7 +128,7 @@ impl LoadedDecisionNet {
         let base = &self.meta.base;
         if base.encoder_sha256 != encoder_sha256 {
             return mismatch(format!(
-                "its encoder {} has sha256 {}, the configured one {encoder_sha256}",
+                "its base {} has sha256 {}, the configured one {encoder_sha256}",
                 base.encoder, base.encoder_sha256
             ));
         }
