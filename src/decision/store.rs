@@ -127,10 +127,7 @@ impl LoadedDecisionNet {
         let mismatch = |problem: String| Err(DecisionError::BaseMismatch { path: self.path.clone(), problem });
         let base = &self.meta.base;
         if base.encoder_sha256 != encoder_sha256 {
-            return mismatch(format!(
-                "its base {} has sha256 {}, the configured one {encoder_sha256}",
-                base.encoder, base.encoder_sha256
-            ));
+            return mismatch(format!("its base {} has sha256 {}, the configured one {encoder_sha256}", base.encoder, base.encoder_sha256));
         }
         if base.input_size != input_size {
             return mismatch(format!("base input size {} in its dn.toml, {input_size} configured", base.input_size));
