@@ -258,7 +258,7 @@ impl Source {
             queued: outlet.queued,
             stats: outlet.stats,
             budget: options.budget.clone(),
-            shutdown: outlet.shutdown,
+            shutdown: outlet.shutdown.clone(),
             seq: 0,
             max_frames: options.max_frames,
             to_bgr: None,
@@ -304,13 +304,12 @@ impl Source {
         appsink.set_drop(live);
         source_threads.decide(live);
         let prerolled = match paused {
-            Ok(gst::StateChangeSuccess::Async) => {
-                pipeline.state(gst::ClockTime::from_nseconds(options.first_frame_timeout.as_nanos() as u64)).0
-            }
+            Ok(gst::StateChangeSuccess::Async) => wait_for_preroll(&pipeline, options.first_frame_timeout, &outlet.shutdown),
             other => other,
         };
         let source = Source { spec, pipeline, appsink, live, wake, delivery };
-        if prerolled == Ok(gst::StateChangeSuccess::Async) {
+        // A stop asked for meanwhile is no failure: the run ends as soon as it starts.
+        if prerolled == Ok(gst::StateChangeSuccess::Async) && !outlet.shutdown.is_requested() {
             let err = bus_error(&source.pipeline, &source.spec.origin, Duration::ZERO).unwrap_or_else(|| IngestError::NoFirstFrame {
                 origin: source.spec.origin.clone(),
                 seconds: options.first_frame_timeout.as_secs(),
@@ -541,6 +540,25 @@ fn bus_error(pipeline: &gst::Pipeline, origin: &str, wait: Duration) -> Option<I
     let debug = err.debug().map(|d| d.to_string());
     let hint = hint_for(&element, &message, debug.as_deref());
     Some(IngestError::Element { origin: origin.to_string(), element, message, debug, hint })
+}
+
+/// Waits up to `timeout` for the pipeline to preroll, in short steps so that a stop request
+/// (SIGTERM while a recording is slow to start) is answered at once; `Ok(Async)` when it has
+/// not prerolled by then.
+fn wait_for_preroll(
+    pipeline: &gst::Pipeline,
+    timeout: Duration,
+    shutdown: &Shutdown,
+) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+    const STEP: Duration = Duration::from_millis(100);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let step = STEP.min(deadline.saturating_duration_since(Instant::now()));
+        let result = pipeline.state(gst::ClockTime::from_nseconds(step.as_nanos() as u64)).0;
+        if result != Ok(gst::StateChangeSuccess::Async) || shutdown.is_requested() || Instant::now() >= deadline {
+            return result;
+        }
+    }
 }
 
 /// What a pipeline that never prerolled says about why: a demuxer that exposed no stream is

@@ -254,6 +254,50 @@ fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, needle: &str) {
     }
 }
 
+/// `edgeseg run` on `pipeline` (stderr read line by line), once its model is loaded: its
+/// signal handler is installed before that.
+fn spawn_run(dir: &Path, pipeline: &Path, extra: &[&str]) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    let config = edge_config(dir, &short_video(), "");
+    let mut child = std::process::Command::new(common::bin())
+        .args(["run", "--config", config.to_str().unwrap(), "--pipeline", pipeline.to_str().unwrap()])
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = stderr_lines(&mut child);
+    wait_for_line(&lines, "model loaded");
+    (child, lines)
+}
+
+/// SIGTERM while a recording has not made its first frame yet (here an idle `appsrc`, with an
+/// hour to do it) ends the run cleanly instead of after the wait.
+#[test]
+fn a_stop_request_while_a_recording_starts_ends_the_run_cleanly() {
+    let _machine = common::shared_machine();
+    let dir = tempfile::tempdir().unwrap();
+    let idle = common::pipeline_file(
+        dir.path(),
+        "idle.pipeline",
+        "appsrc caps=video/x-raw,format=BGR,width=8,height=8,framerate=10/1 ! videoconvert ! appsink name=sink",
+    );
+    let (mut child, lines) = spawn_run(dir.path(), &idle, &["--set", "ingest.first_frame_timeout_s=3600"]);
+    unsafe { libc_kill(child.id() as i32, 15) };
+    wait_for_line(&lines, "stop requested, ingest ends");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the run did not end within a minute of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "a requested stop is a clean end: {status:?}");
+}
+
 #[test]
 fn a_second_signal_ends_a_stuck_run_at_once() {
     let _machine = common::shared_machine();
@@ -265,16 +309,7 @@ fn a_second_signal_ends_a_stuck_run_at_once() {
         "stuck.pipeline",
         "videotestsrc ! video/x-raw,width=64,height=48 ! identity sleep-time=60000000 ! videoconvert ! appsink name=sink",
     );
-    let config = edge_config(dir.path(), &short_video(), "");
-    let mut child = std::process::Command::new(common::bin())
-        .args(["run", "--config", config.to_str().unwrap(), "--pipeline", stuck.to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = stderr_lines(&mut child);
-    // The signal handler is installed before the model loads.
-    wait_for_line(&lines, "model loaded");
+    let (mut child, lines) = spawn_run(dir.path(), &stuck, &[]);
     unsafe { libc_kill(child.id() as i32, 15) };
     // Two signals sent before the first is handled would count as one.
     wait_for_line(&lines, "stop requested");
