@@ -276,11 +276,7 @@ fn spawn_run(dir: &Path, pipeline: &Path, extra: &[&str]) -> (std::process::Chil
 fn a_stop_request_while_a_recording_starts_ends_the_run_cleanly() {
     let _machine = common::shared_machine();
     let dir = tempfile::tempdir().unwrap();
-    let idle = common::pipeline_file(
-        dir.path(),
-        "idle.pipeline",
-        "appsrc caps=video/x-raw,format=BGR,width=8,height=8,framerate=10/1 ! videoconvert ! appsink name=sink",
-    );
+    let idle = common::pipeline_file(dir.path(), "idle.pipeline", IDLE_SOURCE);
     let (mut child, lines) = spawn_run(dir.path(), &idle, &["--set", "ingest.first_frame_timeout_s=3600"]);
     unsafe { libc_kill(child.id() as i32, 15) };
     wait_for_line(&lines, "stop requested, ingest ends");
@@ -342,6 +338,9 @@ fn truncated_video_is_a_clear_error() {
     assert_fails_with(&run_config(&config, &[]), &["typefind"]);
 }
 
+/// A source that prerolls (not live) and never makes a frame.
+const IDLE_SOURCE: &str = "appsrc caps=video/x-raw,format=BGR,width=8,height=8,framerate=10/1 ! videoconvert ! appsink name=sink";
+
 /// A recording that never makes its first frame ends the run, naming a demuxer that found no
 /// stream where there is one: that is what a truncated file looks like when `decodebin` drops
 /// the demuxer's own error (it does while it is still plugging the demuxer in, on a loaded
@@ -357,11 +356,7 @@ fn a_recording_that_makes_no_first_frame_is_a_clear_error() {
             "appsrc caps=video/quicktime ! qtdemux ! videoconvert ! appsink name=sink",
             "demuxer qtdemux0 found no stream",
         ),
-        (
-            "idle.pipeline",
-            "appsrc caps=video/x-raw,format=BGR,width=8,height=8,framerate=10/1 ! videoconvert ! appsink name=sink",
-            "raise ingest.first_frame_timeout_s",
-        ),
+        ("idle.pipeline", IDLE_SOURCE, "raise ingest.first_frame_timeout_s"),
     ];
     for (name, description, why) in cases {
         let pipeline = common::pipeline_file(dir.path(), name, description);
