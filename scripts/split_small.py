@@ -227,11 +227,11 @@ def main():
     whole_path = os.path.join(args.assets, SMALL)
     if not os.path.isfile(whole_path):
         fail(f"{whole_path} not found (set --assets or EDGESEG_ASSETS to the folder with models/MANIFEST.md)")
+    newest_input = max(os.path.getmtime(whole_path), os.path.getmtime(__file__))
     model = None
     for first, second, cut, channels in SPLITS:
         encoder_path = os.path.join(args.out_dir, first)
         head_path = os.path.join(args.out_dir, second)
-        newest_input = max(os.path.getmtime(whole_path), os.path.getmtime(__file__))
         outputs = (encoder_path, head_path)
         if not args.force and all(os.path.isfile(p) and os.path.getmtime(p) > newest_input for p in outputs):
             print(f"split_small: {encoder_path} and {head_path} are up to date")

@@ -186,8 +186,9 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    /// Loads the base (`small_stem.onnx` or `small_encoder.onnx`) to run at `input_size` x `input_size` (257 for the shared base)
-    /// on frames prepared as `small` (the small network's manifest) says.
+    /// Loads the base (`small_stem.onnx` or `small_encoder.onnx`) to run at `input_size` x
+    /// `input_size` (257 for the shared base) on frames prepared as `small` (the small
+    /// network's manifest) says.
     pub fn load(path: &Path, small: &ModelManifest, input_size: u32, intra_threads: usize) -> Result<Self, DecisionError> {
         if !(33..=2049).contains(&input_size) {
             return Err(DecisionError::Invalid { what: "base input size", problem: format!("{input_size} is outside 33..=2049") });
