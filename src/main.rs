@@ -640,7 +640,14 @@ fn eval_routing(args: &RoutingArgs) -> anyhow::Result<ExitCode> {
             at(1.0)
         );
     }
-    println!("  wrote {}, {}, {} and {} plots", files.report.display(), files.csv.display(), files.json.display(), files.plots.len());
+    println!(
+        "  wrote {}, {}, {}, {} and {} plots",
+        files.report.display(),
+        files.csv.display(),
+        files.images.display(),
+        files.json.display(),
+        files.plots.len()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

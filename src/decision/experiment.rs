@@ -162,23 +162,90 @@ fn predictions(nets: &[&DecisionNet], inputs: &InputsConfig, records: &[ImageRec
     records.iter().map(|record| mean_prediction(&compiled, &record.input(inputs)?)).collect()
 }
 
+/// Every policy of `nets` (their averaged predictions) and the baselines on `records`.
+fn scored(
+    nets: &[&DecisionNet],
+    inputs: &InputsConfig,
+    presence: f32,
+    costs: &PartCosts,
+    records: &[ImageRecord],
+) -> Result<Vec<Policy>, DecisionError> {
+    Ok(policies(records, &predictions(nets, inputs, records)?, presence, costs))
+}
+
+/// Routing figures of already scored `records`, thresholds chosen on `choose_on` (or on
+/// `records`).
+fn evaluate_scored(
+    costs: &PartCosts,
+    records: &[ImageRecord],
+    evaluated: &[Policy],
+    choose_on: Option<(&[ImageRecord], &[Policy])>,
+) -> Result<RoutingEvaluation, DecisionError> {
+    let choosing = match choose_on {
+        Some((records, policies)) => Some((routing_set(records)?, policies)),
+        None => None,
+    };
+    Ok(evaluate(&routing_set(records)?, evaluated, costs.networks(), choosing.as_ref().map(|(s, p)| (s, *p)), &BUDGETS_POINTS)?)
+}
+
 /// Routing figures of `nets` (their averaged predictions) on `records`, thresholds chosen on
-/// `choose_on` (or on `records`).
+/// the records themselves.
 pub fn routing_evaluation(
     nets: &[&DecisionNet],
     inputs: &InputsConfig,
     presence: f32,
     costs: &PartCosts,
     records: &[ImageRecord],
-    choose_on: Option<&[ImageRecord]>,
 ) -> Result<RoutingEvaluation, DecisionError> {
-    let set = routing_set(records)?;
-    let evaluated = policies(records, &predictions(nets, inputs, records)?, presence, costs);
-    let choosing = match choose_on {
-        Some(records) => Some((routing_set(records)?, policies(records, &predictions(nets, inputs, records)?, presence, costs))),
-        None => None,
-    };
-    Ok(evaluate(&set, &evaluated, costs.networks(), choosing.as_ref().map(|(s, p)| (s, p.as_slice())), &BUDGETS_POINTS)?)
+    evaluate_scored(costs, records, &scored(nets, inputs, presence, costs, records)?, None)
+}
+
+/// `images.csv` of `eval routing`: one row per image of every part (`report`, `validation`) with
+/// both networks' IoU_img, the true gain, every scoring policy's value and both confusion
+/// matrices, so that a routing can be audited frame by frame and other policies or targets can
+/// be studied on the same figures without running a network again.
+pub fn images_csv(parts: &[(&str, &[ImageRecord], &[Policy])]) -> String {
+    use std::fmt::Write as _;
+    let value_names: Vec<&str> = parts
+        .first()
+        .map(|(_, _, policies)| {
+            policies.iter().filter(|p| matches!(p.kind, PolicyKind::Values { .. })).map(|p| p.name.as_str()).collect()
+        })
+        .unwrap_or_default();
+    let mut out = String::from("part,source,id,image_sha256,labels,small_iou_img,large_iou_img,gain,well_segmented");
+    for name in &value_names {
+        let _ = write!(out, ",{name}");
+    }
+    out.push_str(",small_confusion,large_confusion\n");
+    // Sources are set names and ids file stems or `frame <n>`; a comma would shift the columns.
+    let field = |text: &str| text.replace(',', ";");
+    for (part, records, policies) in parts {
+        for (i, record) in records.iter().enumerate() {
+            let image = RoutedImage::new(&record.outcome.small, &record.outcome.large);
+            let labels = match record.labels {
+                store::LabelSource::GroundTruth => "ground-truth",
+                store::LabelSource::Teacher => "teacher",
+            };
+            let _ = write!(
+                out,
+                "{part},{},{},{},{labels},{:.6},{:.6},{:.6},{}",
+                field(&record.source),
+                field(&record.id),
+                record.image_sha256,
+                image.small_iou_img,
+                image.large_iou_img,
+                image.gain(),
+                image.well()
+            );
+            for policy in policies.iter() {
+                if let PolicyKind::Values { values, .. } = &policy.kind {
+                    let _ = write!(out, ",{:.6}", values[i]);
+                }
+            }
+            let _ = writeln!(out, ",{},{}", record.outcome.small, record.outcome.large);
+        }
+    }
+    out
 }
 
 fn settings(config: &DnConfig, input_size: u32, spp: &SppConfig, progress: bool) -> RecordSettings {
@@ -290,7 +357,7 @@ pub fn train_from_config(config: &DnConfig, out_dir: Option<&Path>) -> Result<Tr
     let validation_routing = if validation_records.is_empty() {
         None
     } else {
-        Some(routing_evaluation(&[&net], &config.inputs, config.training.presence as f32, &costs, &validation_records, None)?)
+        Some(routing_evaluation(&[&net], &config.inputs, config.training.presence as f32, &costs, &validation_records)?)
     };
     Ok(TrainOutcome {
         toml,
@@ -369,14 +436,28 @@ pub fn evaluate_routing(config: &DnConfig, request: &RoutingRequest) -> Result<(
     let meta = &loaded.meta;
     let costs = PartCosts::measure(config, base.input_size, base.channels, &meta.layers, &meta.inputs)?;
     let presence = meta.training.settings.presence as f32;
-    let evaluation = routing_evaluation(&nets, &meta.inputs, presence, &costs, &records, choosing.as_deref())?;
+    let evaluated = scored(&nets, &meta.inputs, presence, &costs, &records)?;
+    let choosing = match choosing {
+        Some(records) => {
+            let policies = scored(&nets, &meta.inputs, presence, &costs, &records)?;
+            Some((records, policies))
+        }
+        None => None,
+    };
+    let evaluation =
+        evaluate_scored(&costs, &records, &evaluated, choosing.as_ref().map(|(r, p)| (r.as_slice(), p.as_slice())))?;
+    let mut parts: Vec<(&str, &[ImageRecord], &[Policy])> = vec![("report", &records, &evaluated)];
+    if let Some((records, policies)) = &choosing {
+        parts.push(("validation", records, policies));
+    }
+    let images = images_csv(&parts);
     let names =
         |args: &[DataArg], count: usize| format!("{} ({count} images)", args.iter().map(DataArg::name).collect::<Vec<_>>().join(" + "));
     let trained_on: Vec<String> = loaded.meta.training.sets.iter().map(|s| format!("{} ({})", s.name, s.images)).collect();
     let context = ReportContext {
         title: "Routing between the small and the large network".into(),
         evaluated: names(&request.data, records.len()),
-        chosen_on: choosing.as_ref().map(|c| names(&request.choose_on, c.len())),
+        chosen_on: choosing.as_ref().map(|c| names(&request.choose_on, c.0.len())),
         notes: vec![
             format!(
                 "decision network: {} (base {} at {}x{}, SPP {}{}; trained on {})",
@@ -399,7 +480,7 @@ pub fn evaluate_routing(config: &DnConfig, request: &RoutingRequest) -> Result<(
             ),
         ],
     };
-    let files = routing_report::write(&evaluation, &context, &request.out)?;
+    let files = routing_report::write(&evaluation, &context, &images, &request.out)?;
     Ok((evaluation, files))
 }
 

@@ -35,6 +35,8 @@ pub struct ReportContext {
 #[derive(Debug, Clone)]
 pub struct RoutingFiles {
     pub csv: PathBuf,
+    /// One row per image, the table the caller made (`eval routing`: the decision network's).
+    pub images: PathBuf,
     pub json: PathBuf,
     pub report: PathBuf,
     pub plots: Vec<PathBuf>,
@@ -48,12 +50,18 @@ fn write_file(path: &Path, text: &str) -> Result<(), ReportError> {
     std::fs::write(path, text).map_err(|e| write_err(path)(e.to_string()))
 }
 
-/// Writes everything into `dir` (created if missing).
-pub fn write(evaluation: &RoutingEvaluation, context: &ReportContext, dir: &Path) -> Result<RoutingFiles, ReportError> {
+/// Writes everything into `dir` (created if missing), with `images_csv` as `images.csv`.
+pub fn write(evaluation: &RoutingEvaluation, context: &ReportContext, images_csv: &str, dir: &Path) -> Result<RoutingFiles, ReportError> {
     std::fs::create_dir_all(dir).map_err(|e| write_err(dir)(e.to_string()))?;
-    let files =
-        RoutingFiles { csv: dir.join("routing.csv"), json: dir.join("routing.json"), report: dir.join("report.md"), plots: Vec::new() };
+    let files = RoutingFiles {
+        csv: dir.join("routing.csv"),
+        images: dir.join("images.csv"),
+        json: dir.join("routing.json"),
+        report: dir.join("report.md"),
+        plots: Vec::new(),
+    };
     write_file(&files.csv, &csv(evaluation))?;
+    write_file(&files.images, images_csv)?;
     let json = serde_json::to_string_pretty(evaluation).map_err(|e| write_err(&files.json)(e.to_string()))?;
     write_file(&files.json, &json)?;
     write_file(&files.report, &markdown(evaluation, context))?;

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use edgeseg::decision::store;
+use edgeseg::eval::{CompactConfusion, Confusion, VOC_CLASSES};
 
 use super::common;
 
@@ -138,6 +139,7 @@ dir = "dn"
     assert!(markdown.contains("## Keeping the chosen remote fraction instead of the threshold"), "{markdown}");
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("routing.json")).unwrap()).unwrap();
     assert_eq!(json["images"], 6);
+    check_images_csv(&std::fs::read_to_string(out.join("images.csv")).unwrap(), &json);
 
     // An ensemble of one network with itself (the retrained copy has the same weights) averages
     // identical predictions: the same figures.
@@ -150,5 +152,37 @@ dir = "dn"
     };
     for policy in ["dn-thesis", "dn-iou-img", "dn-gain"] {
         assert!((auc(&ensemble, policy) - auc(&json, policy)).abs() < 1e-9, "{policy}");
+    }
+}
+
+/// `images.csv` of `eval routing` holds each image's own figures: one row per report and
+/// validation image, an IoU_img that is its confusion matrix's, and report confusions that sum
+/// to the set's all-small and all-large mIoU of `routing.json`.
+fn check_images_csv(csv: &str, json: &serde_json::Value) {
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let column = |name: &str| header.iter().position(|h| *h == name).unwrap_or_else(|| panic!("no column {name}: {header:?}"));
+    for policy in ["dn-thesis", "dn-iou-img", "dn-gain", "max-softmax", "entropy"] {
+        column(policy);
+    }
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert!(rows.iter().all(|r| r.len() == header.len()), "{csv}");
+    let part = |name: &str| rows.iter().filter(|r| r[column("part")] == name).count();
+    assert_eq!((part("report"), part("validation")), (6, 6), "{csv}");
+    let (mut small, mut large) = (Confusion::new(VOC_CLASSES), Confusion::new(VOC_CLASSES));
+    for row in rows.iter().filter(|r| r[column("part")] == "report") {
+        let confusion = |name: &str| CompactConfusion::parse(row[column(name)], VOC_CLASSES).unwrap();
+        let small_iou_img: f64 = row[column("small_iou_img")].parse().unwrap();
+        let own = confusion("small_confusion").totals().miou_union_classes().unwrap();
+        assert!((small_iou_img - own).abs() < 1e-5, "{row:?}");
+        let gain: f64 = row[column("gain")].parse().unwrap();
+        let large_iou_img: f64 = row[column("large_iou_img")].parse().unwrap();
+        assert!((gain - (large_iou_img - small_iou_img)).abs() < 1e-5, "{row:?}");
+        small.merge_compact(&confusion("small_confusion")).unwrap();
+        large.merge_compact(&confusion("large_confusion")).unwrap();
+    }
+    for (confusion, key) in [(small, "all_small_miou"), (large, "all_large_miou")] {
+        let miou = confusion.totals().miou_ground_truth_classes().unwrap();
+        assert!((miou - json[key].as_f64().unwrap()).abs() < 1e-9, "{key}: {miou} against {}", json[key]);
     }
 }
