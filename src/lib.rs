@@ -24,5 +24,6 @@ pub mod ops;
 pub mod pipeline;
 pub mod priority;
 pub mod remote;
+mod rng;
 pub mod shutdown;
 pub mod sink;

@@ -591,11 +591,20 @@ fn dn_train(config: &std::path::Path, out: Option<&std::path::Path>, overrides: 
     if let Some(routing) = &outcome.validation_routing {
         println!("  routing on the validation images (normalised AUC of hybrid mIoU against remote fraction):");
         for p in &routing.policies {
-            println!("    {:<12} {}", p.name, p.normalised_auc.map_or_else(|| "–".to_string(), |v| format!("{v:.2}")));
+            println!("    {:<12} {}", p.name, nauc_cell(p));
         }
     }
     println!("  wrote {}", outcome.toml.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// A policy's normalised AUC for the terminal: value, 90 % bootstrap interval and how often it
+/// beat the confidence baseline.
+fn nauc_cell(p: &edgeseg::eval::routing::PolicyResult) -> String {
+    let Some(value) = p.normalised_auc else { return "–".to_string() };
+    let interval = p.normalised_auc_interval.map_or_else(String::new, |[lo, hi]| format!(" [{lo:.2}, {hi:.2}]"));
+    let ahead = p.ahead_of_baseline.map_or_else(String::new, |a| format!(" {:.0} %", 100.0 * a));
+    format!("{value:.2}{interval}{ahead}")
 }
 
 fn eval_routing(args: &RoutingArgs) -> anyhow::Result<ExitCode> {
@@ -617,7 +626,14 @@ fn eval_routing(args: &RoutingArgs) -> anyhow::Result<ExitCode> {
         100.0 * evaluation.all_small_miou,
         100.0 * evaluation.all_large_miou
     );
-    println!("  {:<12} {:>8}  {:>30}  {:>30}", "policy", "nAUC", "≤3 pt: drop / total / edge saved", "≤1 pt: drop / total / edge saved");
+    let baseline = evaluation.bootstrap.as_ref().and_then(|b| b.baseline.clone()).unwrap_or_default();
+    println!(
+        "  {:<12} {:<36}  {:>30}  {:>30}",
+        "policy",
+        format!("nAUC [90 % interval] ahead of {baseline}"),
+        "≤3 pt: drop / total / edge saved",
+        "≤1 pt: drop / total / edge saved"
+    );
     for p in &evaluation.policies {
         let at = |budget: f64| {
             p.choices.iter().find(|c| c.budget_points == budget).map_or_else(
@@ -632,13 +648,7 @@ fn eval_routing(args: &RoutingArgs) -> anyhow::Result<ExitCode> {
                 },
             )
         };
-        println!(
-            "  {:<12} {:>8}  {:>30}  {:>30}",
-            p.name,
-            p.normalised_auc.map_or_else(|| "–".to_string(), |v| format!("{v:.2}")),
-            at(3.0),
-            at(1.0)
-        );
+        println!("  {:<12} {:<36}  {:>30}  {:>30}", p.name, nauc_cell(p), at(3.0), at(1.0));
     }
     println!(
         "  wrote {}, {}, {}, {} and {} plots",

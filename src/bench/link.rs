@@ -27,6 +27,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::rng::SeededRng;
+
 /// Address of the server side (worker, benchmark servers).
 pub const SERVER_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 /// Address of the client side (edge, benchmark clients).
@@ -535,31 +537,13 @@ fn open_tun() -> io::Result<OwnedFd> {
     Ok(file.into())
 }
 
-/// SplitMix64: small, fast, and reproducible from its seed, which is all loss draws need.
-struct Random(u64);
-
-impl Random {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 /// One direction's state: a FIFO bottleneck (serialisation at the rate, bounded queue), the
 /// wire (loss), then propagation (delay and jitter), in that order, as on a real access link.
 struct Direction {
     impairment: Impairment,
     queue_limit: Option<u64>,
     outages: Vec<Window>,
-    random: Random,
+    random: SeededRng,
     /// When the bottleneck finishes sending what it already holds.
     bottleneck_free_at: Instant,
     /// Release time of the previous packet: jitter never reorders.
@@ -575,7 +559,7 @@ impl Direction {
             impairment: impairment.clone(),
             queue_limit: impairment.queue_limit(),
             outages,
-            random: Random(seed ^ (index + 1).wrapping_mul(0xd1b5_4a32_d192_ed03)),
+            random: SeededRng::new(seed ^ (index + 1).wrapping_mul(0xd1b5_4a32_d192_ed03)),
             bottleneck_free_at: started,
             last_release: started,
             in_flight: VecDeque::new(),
@@ -606,13 +590,13 @@ impl Direction {
             departure = self.bottleneck_free_at.max(now) + sending;
             self.bottleneck_free_at = departure;
         }
-        if self.impairment.loss > 0.0 && self.random.unit() < self.impairment.loss {
+        if self.impairment.loss > 0.0 && self.random.next_f64() < self.impairment.loss {
             self.counters.lost.fetch_add(1, Ordering::Relaxed);
             return;
         }
         let mut propagation = self.impairment.delay;
         if !self.impairment.jitter.is_zero() {
-            let jitter_nanos = self.impairment.jitter.as_nanos() as f64 * (2.0 * self.random.unit() - 1.0);
+            let jitter_nanos = self.impairment.jitter.as_nanos() as f64 * (2.0 * self.random.next_f64() - 1.0);
             propagation = Duration::from_nanos((propagation.as_nanos() as f64 + jitter_nanos).max(0.0) as u64);
         }
         let release = (departure + propagation).max(self.last_release);

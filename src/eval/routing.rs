@@ -27,11 +27,17 @@
 //! Thresholds meant for deployment are chosen on one set and applied to another ([`choose`]):
 //! the largest total reduction whose mIoU drop stays within a budget on the choosing set, then
 //! what that threshold realises on the evaluated set.
+//!
+//! Sets here are small (tens to a few hundred images), so one normalised AUC says little alone:
+//! [`bootstrap`] resamples the images in blocks of neighbours (video frames next to each other
+//! look alike, and drawing them apart would understate the spread) and reports each policy's
+//! 90 % interval and how often it comes out ahead of a baseline.
 
 use serde::Serialize;
 
 use super::confusion::{ClassTotals, CompactConfusion};
 use super::report::WELL_SEGMENTED_IOU;
+use crate::rng::SeededRng;
 
 /// Step of the threshold sweep over [0, 1].
 pub const THRESHOLD_STEP: f64 = 0.01;
@@ -170,7 +176,23 @@ pub struct PolicyResult {
     pub auc: f64,
     /// `(auc − auc_random) / (auc_oracle − auc_random)`.
     pub normalised_auc: Option<f64>,
+    /// 5th and 95th percentile of the normalised AUC over [`bootstrap`] resamples.
+    pub normalised_auc_interval: Option<[f64; 2]>,
+    /// Share of [`bootstrap`] resamples in which this policy's normalised AUC exceeds the
+    /// baseline's.
+    pub ahead_of_baseline: Option<f64>,
     pub choices: Vec<Choice>,
+}
+
+/// What [`bootstrap`] did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BootstrapSummary {
+    pub resamples: usize,
+    /// Consecutive images (in the set's order) drawn together.
+    pub block: usize,
+    pub seed: u64,
+    /// The policy `ahead_of_baseline` compares with.
+    pub baseline: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -182,6 +204,7 @@ pub struct RoutingEvaluation {
     pub all_large_miou: f64,
     pub networks: NetworkCosts,
     pub policies: Vec<PolicyResult>,
+    pub bootstrap: Option<BootstrapSummary>,
 }
 
 /// Images with their per-class totals as floats, ready for weighted sums.
@@ -239,7 +262,9 @@ impl RoutingSet {
 
     /// mIoU of the summed confusion matrices, image `i` weighted `local[i]` for the small network
     /// and `1 − local[i]` for the large one, over the classes in the set's ground truth.
-    fn miou(&self, local: &[f64]) -> Option<f64> {
+    /// Summed (tp, gt, pred) per class, `3 × classes` values, with image `i` local by weight
+    /// `local[i]`.
+    fn miou_sums(&self, local: &[f64]) -> Vec<f64> {
         let k = self.classes;
         let mut sums = vec![0f64; 3 * k];
         for (row, &w) in self.totals.iter().zip(local) {
@@ -247,9 +272,11 @@ impl RoutingSet {
                 *sum += w * row[j] + (1.0 - w) * row[3 * k + j];
             }
         }
-        let (tp, gt, pred) = (&sums[..k], &sums[k..2 * k], &sums[2 * k..]);
-        let ious: Vec<f64> = (0..k).filter(|&c| gt[c] > 0.0).map(|c| tp[c] / (gt[c] + pred[c] - tp[c])).collect();
-        (!ious.is_empty()).then(|| ious.iter().sum::<f64>() / ious.len() as f64)
+        sums
+    }
+
+    fn miou(&self, local: &[f64]) -> Option<f64> {
+        hybrid_miou(&self.miou_sums(local), self.classes)
     }
 
     /// The figures of one routing (`local[i]` = weight of image `i` going local, 0..1).
@@ -333,9 +360,66 @@ impl RoutingSet {
         }
     }
 
+    /// The [`area`] of the fraction sweep of `values` (images sent remote in the policy's order,
+    /// equal values together; expected figures for random routing), in O(images × classes)
+    /// instead of the sweep's O(images² × classes): what [`bootstrap`] computes thousands of
+    /// times.
+    fn area_in_order(&self, values: Option<&(Vec<f64>, Direction)>) -> f64 {
+        let n = self.images.len();
+        let k = self.classes;
+        let small = self.miou_sums(&vec![1.0; n]);
+        let large = self.miou_sums(&vec![0.0; n]);
+        let mut points = Vec::with_capacity(n + 1);
+        match values {
+            None => {
+                for step in 0..=n {
+                    let f = step as f64 / n as f64;
+                    let sums: Vec<f64> = small.iter().zip(&large).map(|(s, l)| (1.0 - f) * s + f * l).collect();
+                    points.push((f, miou_of_sums(&sums, k)));
+                }
+            }
+            Some((values, direction)) => {
+                let mut order: Vec<usize> = (0..n).collect();
+                match direction {
+                    // Remote first: the lowest quality, the highest gain.
+                    Direction::LocalAbove => order.sort_by(|&a, &b| values[a].total_cmp(&values[b])),
+                    Direction::RemoteAbove => order.sort_by(|&a, &b| values[b].total_cmp(&values[a])),
+                }
+                let mut sums = small;
+                points.push((0.0, miou_of_sums(&sums, k)));
+                let mut i = 0;
+                while i < n {
+                    let mut j = i;
+                    while j < n && values[order[j]] == values[order[i]] {
+                        let row = &self.totals[order[j]];
+                        for (c, sum) in sums.iter_mut().enumerate() {
+                            *sum += row[3 * k + c] - row[c];
+                        }
+                        j += 1;
+                    }
+                    points.push((j as f64 / n as f64, miou_of_sums(&sums, k)));
+                    i = j;
+                }
+            }
+        }
+        points.windows(2).map(|w| (w[1].0 - w[0].0) * (w[0].1 + w[1].1) / 2.0).sum()
+    }
+
     fn sweep(&self, values: Option<&(Vec<f64>, Direction)>, thresholds: &[f64], cost: FrameCost, networks: NetworkCosts) -> Vec<Point> {
         thresholds.iter().map(|&t| self.measure(&self.route(values, t), cost, networks, t)).collect()
     }
+}
+
+/// mIoU over the classes in the ground truth of summed (tp, gt, pred) per class; `None`
+/// without labelled pixels.
+fn hybrid_miou(sums: &[f64], k: usize) -> Option<f64> {
+    let (tp, gt, pred) = (&sums[..k], &sums[k..2 * k], &sums[2 * k..]);
+    let ious: Vec<f64> = (0..k).filter(|&c| gt[c] > 0.0).map(|c| tp[c] / (gt[c] + pred[c] - tp[c])).collect();
+    (!ious.is_empty()).then(|| ious.iter().sum::<f64>() / ious.len() as f64)
+}
+
+fn miou_of_sums(sums: &[f64], k: usize) -> f64 {
+    hybrid_miou(sums, k).unwrap_or(0.0)
 }
 
 /// Area under hybrid mIoU against remote fraction (trapezoids over points sorted by fraction).
@@ -408,6 +492,8 @@ pub fn evaluate(
             auc: area(&fractions),
             fractions,
             normalised_auc: None,
+            normalised_auc_interval: None,
+            ahead_of_baseline: None,
             choices,
         });
     }
@@ -428,7 +514,78 @@ pub fn evaluate(
         all_large_miou: set.all_large_miou,
         networks,
         policies: results,
+        bootstrap: None,
     })
+}
+
+/// Resamples `set` `resamples` times with a circular block bootstrap (blocks of ⌈n^⅓⌉
+/// consecutive images, the usual length for a dependent sequence) and records, per policy of
+/// `evaluation` (measured on `set` with `policies`), the 90 % interval of its normalised AUC
+/// and the share of resamples in which it beats `baseline`. Every resample scores every policy
+/// on the same images, so the comparison is paired. Resamples without labelled pixels or with
+/// oracle and random level are skipped.
+pub fn bootstrap(
+    evaluation: &mut RoutingEvaluation,
+    set: &RoutingSet,
+    policies: &[Policy],
+    resamples: usize,
+    seed: u64,
+    baseline: Option<&str>,
+) -> Result<(), RoutingError> {
+    let n = set.len();
+    let block = ((n as f64).cbrt().ceil() as usize).clamp(1, n.max(1));
+    let find = |kind: fn(&PolicyKind) -> bool| policies.iter().position(|p| kind(&p.kind));
+    let (Some(random), Some(oracle)) = (find(|k| matches!(k, PolicyKind::Random)), find(|k| matches!(k, PolicyKind::Oracle))) else {
+        return Ok(());
+    };
+    let base = baseline.and_then(|name| policies.iter().position(|p| p.name == name));
+    let values: Vec<Option<(Vec<f64>, Direction)>> = policies.iter().map(|p| set.values(p)).collect::<Result<_, _>>()?;
+    let mut rng = SeededRng::new(seed);
+    let mut normalised: Vec<Vec<f64>> = vec![Vec::with_capacity(resamples); policies.len()];
+    let mut ahead = vec![0usize; policies.len()];
+    let mut used = 0usize;
+    for _ in 0..resamples {
+        let mut picked = Vec::with_capacity(n + block);
+        while picked.len() < n {
+            let start = rng.below(n);
+            picked.extend((0..block).map(|j| (start + j) % n));
+        }
+        picked.truncate(n);
+        let Ok(resampled) = RoutingSet::new(picked.iter().map(|&i| set.images[i].clone()).collect()) else {
+            continue;
+        };
+        let areas: Vec<f64> = values
+            .iter()
+            .map(|v| {
+                let v = v.as_ref().map(|(values, direction)| (picked.iter().map(|&i| values[i]).collect(), *direction));
+                resampled.area_in_order(v.as_ref())
+            })
+            .collect();
+        let span = areas[oracle] - areas[random];
+        if span.abs() <= 1e-12 {
+            continue;
+        }
+        used += 1;
+        let scores: Vec<f64> = areas.iter().map(|a| (a - areas[random]) / span).collect();
+        for (k, score) in scores.iter().enumerate() {
+            normalised[k].push(*score);
+            if base.is_some_and(|b| *score > scores[b]) {
+                ahead[k] += 1;
+            }
+        }
+    }
+    if used == 0 {
+        return Ok(());
+    }
+    for (k, result) in evaluation.policies.iter_mut().enumerate().take(policies.len()) {
+        let mut scores = std::mem::take(&mut normalised[k]);
+        scores.sort_by(f64::total_cmp);
+        let at = |q: f64| scores[((q * (scores.len() - 1) as f64).round() as usize).min(scores.len() - 1)];
+        result.normalised_auc_interval = Some([at(0.05), at(0.95)]);
+        result.ahead_of_baseline = base.filter(|&b| b != k).map(|_| ahead[k] as f64 / used as f64);
+    }
+    evaluation.bootstrap = Some(BootstrapSummary { resamples: used, block, seed, baseline: base.map(|b| policies[b].name.clone()) });
+    Ok(())
 }
 
 #[cfg(test)]
@@ -456,6 +613,77 @@ mod tests {
 
     fn close(a: f64, b: f64) {
         assert!((a - b).abs() < 1e-9, "{a} vs {b}");
+    }
+
+    /// `n` images over 4 classes with pseudo-random confusions, and values with ties.
+    fn random_set(n: usize, seed: u64) -> (RoutingSet, Vec<f64>) {
+        let mut rng = SeededRng::new(seed);
+        let mut cells = |len: usize| {
+            let mut out = Vec::new();
+            for gt in 0..4 {
+                for pred in 0..4 {
+                    let pixels = rng.below(len);
+                    if pixels > 0 && (gt == pred || rng.below(3) == 0) {
+                        out.push(format!("{gt}>{pred}:{pixels}"));
+                    }
+                }
+            }
+            out.push("0>0:1".into());
+            out.join(" ")
+        };
+        let images = (0..n).map(|_| image(&cells(40), &cells(60))).collect();
+        let values = (0..n).map(|i| ((i * 7919) % 13) as f64 / 13.0).collect();
+        (RoutingSet::new(images).unwrap(), values)
+    }
+
+    #[test]
+    fn the_fast_area_equals_the_sweeps_area() {
+        let (s, values) = random_set(40, 3);
+        let oracle = s.values(&Policy { name: "oracle".into(), kind: PolicyKind::Oracle, cost: PLAIN }).unwrap();
+        let policies: [Option<(Vec<f64>, Direction)>; 4] =
+            [None, oracle, Some((values.clone(), Direction::LocalAbove)), Some((values, Direction::RemoteAbove))];
+        for values in &policies {
+            let swept = area(&s.sweep(values.as_ref(), &s.cuts(values.as_ref()), PLAIN, NETS));
+            close(s.area_in_order(values.as_ref()), swept);
+        }
+    }
+
+    #[test]
+    fn bootstrap_intervals_hold_oracle_and_random_at_their_definitions_and_pair_the_policies() {
+        let (s, values) = random_set(60, 5);
+        let gains: Vec<f64> = s.images().iter().map(RoutedImage::gain).collect();
+        let policy = |name: &str, kind: PolicyKind| Policy { name: name.into(), kind, cost: PLAIN };
+        let policies = vec![
+            policy("copy", PolicyKind::Values { values: gains.clone(), direction: Direction::RemoteAbove }),
+            policy("reversed", PolicyKind::Values { values: gains, direction: Direction::LocalAbove }),
+            policy("other", PolicyKind::Values { values, direction: Direction::LocalAbove }),
+            policy("random", PolicyKind::Random),
+            policy("oracle", PolicyKind::Oracle),
+        ];
+        let run = |seed: u64| {
+            let mut e = evaluate(&s, &policies, NETS, None, &[]).unwrap();
+            bootstrap(&mut e, &s, &policies, 200, seed, Some("copy")).unwrap();
+            e
+        };
+        let e = run(1);
+        let summary = e.bootstrap.as_ref().unwrap();
+        assert_eq!((summary.resamples, summary.block, summary.baseline.as_deref()), (200, 4, Some("copy")));
+        let by_name = |name: &str| e.policies.iter().find(|p| p.name == name).unwrap();
+        let interval = |name: &str| by_name(name).normalised_auc_interval.unwrap();
+        for (name, value) in [("copy", 1.0), ("oracle", 1.0), ("random", 0.0)] {
+            close(interval(name)[0], value);
+            close(interval(name)[1], value);
+        }
+        // The oracle's order reversed is below random in every resample, and never ahead of it.
+        assert!(interval("reversed")[1] < 0.0, "{:?}", interval("reversed"));
+        assert_eq!(by_name("reversed").ahead_of_baseline, Some(0.0));
+        assert_eq!(by_name("copy").ahead_of_baseline, None, "the baseline is not compared with itself");
+        let [low, high] = interval("other");
+        let point = by_name("other").normalised_auc.unwrap();
+        assert!(low < high && low <= point + 0.2 && point - 0.2 <= high, "{low} {point} {high}");
+        // Same seed, same resamples.
+        assert_eq!(run(1).policies, e.policies);
+        assert_ne!(run(2).policies, e.policies);
     }
 
     #[test]

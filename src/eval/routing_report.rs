@@ -189,14 +189,27 @@ pub fn markdown(evaluation: &RoutingEvaluation, context: &ReportContext) -> Stri
             Cost per frame in GFLOPs: decision (every frame, edge) + local (edge) or remote (worker). \
             At a budget: the threshold with the most total computation saved whose mIoU drop stays within the budget on the choosing set; \
             *realised* figures are that threshold on the evaluated set.\n\n";
-    out += "| policy | normalised AUC | AUC | decision | local | remote | ≤3 pt: threshold | remote % | drop (pt) | total saved % | edge saved % | chosen-on drop | chosen-on saved % | ≤1 pt: threshold | remote % | drop (pt) | total saved % | edge saved % | chosen-on drop | chosen-on saved % |\n";
-    out += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    if let Some(b) = &e.bootstrap {
+        let _ = writeln!(
+            out,
+            "Interval: 5th to 95th percentile of the normalised AUC over {} block-bootstrap resamples of the evaluated images \
+             (blocks of {} consecutive images, seed {}); *ahead of {}*: share of those resamples in which the policy's normalised AUC is higher.\n",
+            b.resamples,
+            b.block,
+            b.seed,
+            b.baseline.as_deref().unwrap_or("–")
+        );
+    }
+    out += "| policy | normalised AUC | interval | ahead of baseline | AUC | decision | local | remote | ≤3 pt: threshold | remote % | drop (pt) | total saved % | edge saved % | chosen-on drop | chosen-on saved % | ≤1 pt: threshold | remote % | drop (pt) | total saved % | edge saved % | chosen-on drop | chosen-on saved % |\n";
+    out += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     for p in &e.policies {
         let _ = writeln!(
             out,
-            "| {} | {} | {:.4} | {:.4} | {:.3} | {:.3} | {} | {} |",
+            "| {} | {} | {} | {} | {:.4} | {:.4} | {:.3} | {:.3} | {} | {} |",
             p.name,
             p.normalised_auc.map_or_else(|| "–".into(), |v| format!("{v:.2}")),
+            p.normalised_auc_interval.map_or_else(|| "–".into(), |[lo, hi]| format!("{lo:.2} to {hi:.2}")),
+            p.ahead_of_baseline.map_or_else(|| "–".into(), |v| format!("{:.0} %", 100.0 * v)),
             p.auc,
             p.cost.decision,
             p.cost.local,

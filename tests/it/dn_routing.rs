@@ -139,6 +139,16 @@ dir = "dn"
     assert!(markdown.contains("## Keeping the chosen remote fraction instead of the threshold"), "{markdown}");
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("routing.json")).unwrap()).unwrap();
     assert_eq!(json["images"], 6);
+    // Every policy's normalised AUC comes with a bootstrap interval around it and, against the
+    // small network's confidence, the share of resamples it wins.
+    assert_eq!((json["bootstrap"]["block"].as_u64(), json["bootstrap"]["baseline"].as_str()), (Some(2), Some("max-softmax")));
+    assert!(json["bootstrap"]["resamples"].as_u64().unwrap() > 500, "{}", json["bootstrap"]);
+    for policy in json["policies"].as_array().unwrap() {
+        let interval: Vec<f64> = policy["normalised_auc_interval"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        assert!(interval[0] <= interval[1], "{policy}");
+        assert_eq!(policy["ahead_of_baseline"].is_null(), policy["name"] == "max-softmax", "{policy}");
+    }
+    assert!(markdown.contains("| policy | normalised AUC | interval | ahead of baseline |"), "{markdown}");
     check_images_csv(&std::fs::read_to_string(out.join("images.csv")).unwrap(), &json);
 
     // An ensemble of one network with itself (the retrained copy has the same weights) averages
