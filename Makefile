@@ -72,6 +72,9 @@ install: target/release/edgeseg
 	install -m 0644 vendor/onnxruntime/libonnxruntime*.so* $(DESTDIR)$(LIBDIR)/
 	install -m 0644 pipelines/*.pipeline $(DESTDIR)$(DATADIR)/pipelines/
 	install -m 0644 models/*.toml $(wildcard models/*.onnx) $(DESTDIR)$(DATADIR)/models/
+	# The decision network's base and the rest of the small network (scripts/split_small.py),
+	# where the real small network was there to split: what [decision] in edge.toml names.
+	$(if $(wildcard models/derived/*.onnx),install -D -m 0644 -t $(DESTDIR)$(DATADIR)/models/derived $(wildcard models/derived/*.onnx))
 	for unit in edgeseg-edge edgeseg-worker; do \
 	  sed -e 's|/usr/local/|$(PREFIX)/|g' -e 's|/etc/edgeseg|$(CONFDIR)|g' -e 's|/var/lib/edgeseg|$(STATEDIR)|g' \
 	    systemd/$$unit.service > $(DESTDIR)$(UNITDIR)/$$unit.service; \

@@ -43,6 +43,16 @@ fn the_debian_package_installs_a_binary_that_runs_on_its_own_files() {
         let text = std::fs::read_to_string(root.join(format!("lib/systemd/system/{unit}.service"))).unwrap();
         assert!(text.contains("ExecStart=/usr/bin/edgeseg "), "{unit}: {text}");
     }
+    // The decision network's base and rest that [decision] names ship with the package where the
+    // checkout has them (split from the real small network).
+    let edge_toml = std::fs::read_to_string(root.join("etc/edgeseg/edge.toml")).unwrap();
+    for (key, name) in [("encoder", "small_stem.onnx"), ("head", "small_trunk.onnx")] {
+        let line = format!("{key} = \"/usr/share/edgeseg/models/derived/{name}\"");
+        assert!(edge_toml.contains(&line), "edge.toml lacks {line}");
+        if Path::new("models/derived").join(name).is_file() {
+            assert!(root.join("usr/share/edgeseg/models/derived").join(name).is_file(), "{name} not packaged");
+        }
+    }
 
     // The packaged binary, its packaged ONNX Runtime (no ORT_DYLIB_PATH), network and pipeline.
     let share = root.join("usr/share/edgeseg");
