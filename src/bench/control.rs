@@ -109,6 +109,12 @@ impl WorkerProcess {
         self.terminate();
     }
 
+    /// Kills the worker (SIGKILL: no QUIC close reaches its peers, as in a crash) and waits.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     fn terminate(&mut self) {
         if let Ok(pid) = i32::try_from(self.child.id()) {
             // SAFETY: a signal to our own child.

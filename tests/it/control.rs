@@ -362,7 +362,7 @@ fn a_killed_worker_opens_the_breaker_and_a_restarted_one_closes_it() {
     let manifest = common::fixtures().join("models/small.toml");
     let worker_config =
         write_worker_config(dir.path(), &pki, &WorkerSettings { listen: format!("127.0.0.1:{port}"), manifest, ..Default::default() });
-    let mut worker = spawn_worker_process(&worker_config);
+    let worker = spawn_worker_process(&worker_config);
     let address = format!("127.0.0.1:{port}").parse().unwrap();
     // Half the frames remote, whatever the load: the breaker alone keeps them local.
     let config = threshold_edge(dir.path(), address, &pki, RESTART_REMOTE_SETTINGS, "mode = \"fixed\"\nthreshold = 0.5");
@@ -371,13 +371,11 @@ fn a_killed_worker_opens_the_breaker_and_a_restarted_one_closes_it() {
     // A replay source: no frame is dropped, so every frame taken must come out.
     let edge = start_edge(config, live_overrides(FRAMES, "replay"), None, vec![kill_at, restart_at]);
     wait_for("the frame where the worker is killed", &kill);
-    worker.kill().expect("SIGKILL the worker");
-    let _ = worker.wait();
+    worker.kill();
     wait_for("the frame where the worker restarts", &restart);
-    let mut worker = spawn_worker_process(&worker_config);
+    let worker = spawn_worker_process(&worker_config);
     let run = edge.join().expect("edge thread");
-    let _ = worker.kill();
-    let _ = worker.wait();
+    worker.kill();
 
     let kinds: Vec<&str> = run.records.iter().map(kind).collect();
     let (kill_s, restart_s) = (run.time_of_frame(KILL_AT), run.time_of_frame(RESTART_AT));

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::common;
+use edgeseg::bench::control::WorkerProcess;
 use edgeseg::config::{EdgeConfig, TlsPaths, WorkerConfig};
 use edgeseg::pipeline::RunOutcome;
 use edgeseg::remote::proto::{self, ErrorCode, ImageEncoding, Limits, Request, Response, ResponseBody};
@@ -495,19 +496,8 @@ fn bad_worker_config_names_the_key_and_file() {
 }
 
 /// The worker as its own process, started with `edgeseg worker`, once it listens.
-pub(crate) fn spawn_worker_process(config: &Path) -> std::process::Child {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(common::bin())
-        .args(["worker", "--config", config.to_str().unwrap()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("starting edgeseg worker");
-    let stdout = child.stdout.take().expect("worker stdout");
-    let mut line = String::new();
-    std::io::BufReader::new(stdout).read_line(&mut line).expect("reading the worker's first line");
-    assert!(line.contains("worker listening"), "worker did not start: {line:?}");
-    child
+pub(crate) fn spawn_worker_process(config: &Path) -> WorkerProcess {
+    WorkerProcess::start(&common::bin(), config, &[], None).expect("starting edgeseg worker")
 }
 
 #[test]
@@ -522,21 +512,19 @@ fn crashed_worker_is_detected_without_waiting_for_the_idle_timeout() {
     let port = free_udp_port();
     let settings = WorkerSettings { listen: format!("127.0.0.1:{port}"), ..WorkerSettings::default() };
     let worker_config = write_worker_config(dir.path(), &pki, &settings);
-    let mut worker = spawn_worker_process(&worker_config);
+    let worker = spawn_worker_process(&worker_config);
     let remote = remote_section(format!("127.0.0.1:{port}").parse().unwrap(), edge_identity(&pki), RESTART_REMOTE_SETTINGS);
     let config = common::edge_config(dir.path(), &common::short_video(), &remote);
     let testsrc = common::testsrc_overrides("20/1", FRAMES as i64);
     let edge = std::thread::spawn(move || run_in_process(&config, &testsrc));
 
     std::thread::sleep(Duration::from_millis(1500));
-    worker.kill().expect("SIGKILL the worker");
-    let _ = worker.wait();
+    worker.kill();
     let killed_at = Instant::now();
     std::thread::sleep(Duration::from_millis(500));
-    let mut restarted = spawn_worker_process(&worker_config);
+    let restarted = spawn_worker_process(&worker_config);
     let (outcome, records) = edge.join().expect("edge thread");
-    let _ = restarted.kill();
-    let _ = restarted.wait();
+    restarted.kill();
 
     assert!(outcome.error.is_none(), "run failed: {:?}", outcome.error);
     assert_eq!(records.len(), FRAMES, "one record per frame: none lost");
