@@ -196,3 +196,28 @@ fn check_images_csv(csv: &str, json: &serde_json::Value) {
         assert!((miou - json[key].as_f64().unwrap()).abs() < 1e-9, "{key}: {miou} against {}", json[key]);
     }
 }
+
+/// Every decision-network config the project ships (the default, the demo's and each protocol
+/// behind a README figure) loads and passes its checks on the real assets, so a command the
+/// README gives does not stop at a renamed key or a moved file.
+#[test]
+fn every_shipped_decision_network_config_loads() {
+    if assets().is_none() {
+        return;
+    }
+    let config = common::root().join("config");
+    let mut paths = vec![config.join("dn.toml"), config.join("dn-demo.toml")];
+    let mut protocols: Vec<PathBuf> = std::fs::read_dir(config.join("dn-protocols"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension() == Some("toml".as_ref()))
+        .collect();
+    protocols.sort();
+    assert!(protocols.len() >= 8, "{protocols:?}");
+    paths.extend(protocols);
+    for path in &paths {
+        let loaded = edgeseg::decision::config::DnConfig::load(path, &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let train = loaded.sets.iter().filter(|s| s.split == edgeseg::decision::config::Split::Train).count() + loaded.videos.len();
+        assert!(train > 0, "{}: nothing to train on", path.display());
+    }
+}
