@@ -180,9 +180,13 @@ struct RoutingArgs {
     /// Networks, encoder and cache as in this decision network configuration.
     #[arg(long, default_value = "config/dn.toml")]
     config: PathBuf,
-    /// Folder for routing.csv, routing.json, report.md and the plots.
+    /// Folder for routing.csv, images.csv, routing.json, report.md and the plots.
     #[arg(long, default_value = "out/routing")]
     out: PathBuf,
+    /// Block-bootstrap resamples of the evaluated images behind each normalised AUC's 90 %
+    /// interval and the share ahead of max-softmax (0: none).
+    #[arg(long, default_value_t = edgeseg::decision::experiment::BOOTSTRAP_RESAMPLES)]
+    resamples: usize,
     /// Override any config key: --set section.key=value (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
@@ -618,6 +622,7 @@ fn eval_routing(args: &RoutingArgs) -> anyhow::Result<ExitCode> {
         choose_on: pair_lists(&args.choose_on, &args.choose_list, "--choose-list")?,
         out: args.out.clone(),
         progress: true,
+        resamples: args.resamples,
     };
     let (evaluation, files) = evaluate_routing(&config, &request)?;
     println!(

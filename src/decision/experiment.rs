@@ -36,9 +36,9 @@ use crate::infer::ModelManifest;
 /// mIoU-drop budgets (points) at which thresholds are chosen.
 pub const BUDGETS_POINTS: [f64; 2] = [3.0, 1.0];
 
-/// Resamples behind each normalised AUC's interval: enough for stable 5th/95th percentiles,
-/// well under a second on a few hundred images.
-const BOOTSTRAP_RESAMPLES: usize = 1000;
+/// Resamples behind each normalised AUC's interval by default: enough for stable 5th/95th
+/// percentiles, well under a second on a few hundred images.
+pub const BOOTSTRAP_RESAMPLES: usize = 1000;
 const BOOTSTRAP_SEED: u64 = 20261127;
 /// The policy the decision network has to beat (the "confidence baseline").
 const CONFIDENCE_BASELINE: &str = "max-softmax";
@@ -189,6 +189,7 @@ fn evaluate_scored(
     records: &[ImageRecord],
     evaluated: &[Policy],
     choose_on: Option<(&[ImageRecord], &[Policy])>,
+    resamples: usize,
 ) -> Result<RoutingEvaluation, DecisionError> {
     let choosing = match choose_on {
         Some((records, policies)) => Some((routing_set(records)?, policies)),
@@ -196,7 +197,7 @@ fn evaluate_scored(
     };
     let set = routing_set(records)?;
     let mut evaluation = evaluate(&set, evaluated, costs.networks(), choosing.as_ref().map(|(s, p)| (s, *p)), &BUDGETS_POINTS)?;
-    bootstrap(&mut evaluation, &set, evaluated, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, Some(CONFIDENCE_BASELINE))?;
+    bootstrap(&mut evaluation, &set, evaluated, resamples, BOOTSTRAP_SEED, Some(CONFIDENCE_BASELINE))?;
     Ok(evaluation)
 }
 
@@ -209,7 +210,7 @@ pub fn routing_evaluation(
     costs: &PartCosts,
     records: &[ImageRecord],
 ) -> Result<RoutingEvaluation, DecisionError> {
-    evaluate_scored(costs, records, &scored(nets, inputs, presence, costs, records)?, None)
+    evaluate_scored(costs, records, &scored(nets, inputs, presence, costs, records)?, None, BOOTSTRAP_RESAMPLES)
 }
 
 /// `images.csv` of `eval routing`: one row per image of every part (`report`, `validation`) with
@@ -419,6 +420,8 @@ pub struct RoutingRequest {
     pub choose_on: Vec<DataArg>,
     pub out: PathBuf,
     pub progress: bool,
+    /// Bootstrap resamples for the normalised AUCs' intervals (0: none).
+    pub resamples: usize,
 }
 
 /// `edgeseg eval routing`: records of the evaluated (and choosing) sets with the decision
@@ -454,7 +457,8 @@ pub fn evaluate_routing(config: &DnConfig, request: &RoutingRequest) -> Result<(
         }
         None => None,
     };
-    let evaluation = evaluate_scored(&costs, &records, &evaluated, choosing.as_ref().map(|(r, p)| (r.as_slice(), p.as_slice())))?;
+    let choosing_scored = choosing.as_ref().map(|(r, p)| (r.as_slice(), p.as_slice()));
+    let evaluation = evaluate_scored(&costs, &records, &evaluated, choosing_scored, request.resamples)?;
     let mut parts: Vec<(&str, &[ImageRecord], &[Policy])> = vec![("report", &records, &evaluated)];
     if let Some((records, policies)) = &choosing {
         parts.push(("validation", records, policies));

@@ -155,8 +155,9 @@ dir = "dn"
     // identical predictions: the same figures.
     let ensemble_out = dir.path().join("routing-ensemble");
     let again = dir.path().join("again/dn.toml");
-    eval_routing(&["--ensemble", again.to_str().unwrap()], &ensemble_out);
+    eval_routing(&["--ensemble", again.to_str().unwrap(), "--resamples", "0"], &ensemble_out);
     let ensemble: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(ensemble_out.join("routing.json")).unwrap()).unwrap();
+    assert!(ensemble["bootstrap"].is_null() && ensemble["policies"][0]["normalised_auc_interval"].is_null(), "--resamples 0: no intervals");
     let auc = |v: &serde_json::Value, policy: &str| {
         v["policies"].as_array().unwrap().iter().find(|p| p["name"] == policy).map(|p| p["auc"].as_f64().unwrap()).unwrap()
     };
