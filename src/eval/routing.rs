@@ -260,10 +260,8 @@ impl RoutingSet {
         self.all_small_miou
     }
 
-    /// mIoU of the summed confusion matrices, image `i` weighted `local[i]` for the small network
-    /// and `1 − local[i]` for the large one, over the classes in the set's ground truth.
-    /// Summed (tp, gt, pred) per class, `3 × classes` values, with image `i` local by weight
-    /// `local[i]`.
+    /// Summed (tp, gt, pred) per class, `3 × classes` values, image `i` weighted `local[i]` for
+    /// the small network and `1 − local[i]` for the large one.
     fn miou_sums(&self, local: &[f64]) -> Vec<f64> {
         let k = self.classes;
         let mut sums = vec![0f64; 3 * k];
@@ -275,6 +273,7 @@ impl RoutingSet {
         sums
     }
 
+    /// mIoU of those sums over the classes in the set's ground truth.
     fn miou(&self, local: &[f64]) -> Option<f64> {
         hybrid_miou(&self.miou_sums(local), self.classes)
     }
@@ -368,10 +367,10 @@ impl RoutingSet {
         let n = self.images.len();
         let k = self.classes;
         let small = self.miou_sums(&vec![1.0; n]);
-        let large = self.miou_sums(&vec![0.0; n]);
         let mut points = Vec::with_capacity(n + 1);
         match values {
             None => {
+                let large = self.miou_sums(&vec![0.0; n]);
                 for step in 0..=n {
                     let f = step as f64 / n as f64;
                     let sums: Vec<f64> = small.iter().zip(&large).map(|(s, l)| (1.0 - f) * s + f * l).collect();
@@ -402,7 +401,7 @@ impl RoutingSet {
                 }
             }
         }
-        points.windows(2).map(|w| (w[1].0 - w[0].0) * (w[0].1 + w[1].1) / 2.0).sum()
+        trapezoids(&points)
     }
 
     fn sweep(&self, values: Option<&(Vec<f64>, Direction)>, thresholds: &[f64], cost: FrameCost, networks: NetworkCosts) -> Vec<Point> {
@@ -426,6 +425,11 @@ fn miou_of_sums(sums: &[f64], k: usize) -> f64 {
 pub fn area(points: &[Point]) -> f64 {
     let mut xy: Vec<(f64, f64)> = points.iter().map(|p| (p.remote_fraction, p.miou)).collect();
     xy.sort_by(|a, b| a.0.total_cmp(&b.0));
+    trapezoids(&xy)
+}
+
+/// Trapezoid area under `(x, y)` points already in order of x.
+fn trapezoids(xy: &[(f64, f64)]) -> f64 {
     xy.windows(2).map(|w| (w[1].0 - w[0].0) * (w[0].1 + w[1].1) / 2.0).sum()
 }
 
